@@ -70,8 +70,8 @@ class _Plan:
 
 def _state_pass(plan, k, v, slope, h0, store_h, store_ht, cu_seqlens, h_dtype):
     c = plan.cfg
-    h = k.new_empty((plan.chunks, plan.H, plan.D, plan.E), dtype=h_dtype) if store_h else None
-    ht = k.new_empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32) if store_ht else None
+    h = torch.empty((plan.chunks, plan.H, plan.D, plan.E), dtype=h_dtype, device=k.device) if store_h else None
+    ht = torch.empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32, device=k.device) if store_ht else None
     grid = (plan.N * plan.H, triton.cdiv(plan.D, c["BK"]), triton.cdiv(plan.E, c["BV"]))
     la2_fwd_state_kernel[grid](
         k, v, h, h0, ht, slope, cu_seqlens, plan.offsets,
@@ -100,8 +100,8 @@ def _forward(plan, q, k, v, slope, h0, output_final_state, cu_seqlens):
 def _backward(plan, q, k, v, slope, h0, do, dht, cu_seqlens, need_dh0):
     c = plan.cfg
     h, _ = _state_pass(plan, k, v, slope, h0, True, False, cu_seqlens, q.dtype)
-    dh = q.new_empty((plan.chunks, plan.H, plan.D, plan.E), dtype=q.dtype)
-    dh0 = q.new_empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32) if need_dh0 else None
+    dh = torch.empty((plan.chunks, plan.H, plan.D, plan.E), dtype=q.dtype, device=q.device)
+    dh0 = torch.empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32, device=q.device) if need_dh0 else None
     grid = (plan.N * plan.H, triton.cdiv(plan.D, c["BK"]), triton.cdiv(plan.E, c["BV"]))
     la2_bwd_dstate_kernel[grid](
         q, do, dh, dht, dh0, slope, cu_seqlens, plan.offsets,

@@ -41,7 +41,7 @@ class SRMSNormFunction(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         M, N = x2.shape
-        y = torch.empty_like(x2)
+        y = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
         rstd = torch.empty(M, dtype=torch.float32, device=x.device)
         block, warps = _launch_cfg(N)
         if M > 0:
@@ -55,7 +55,7 @@ class SRMSNormFunction(torch.autograd.Function):
         x2, rstd = ctx.saved_tensors
         M, N = x2.shape
         dy2 = dy.reshape(M, N).contiguous()
-        dx = torch.empty_like(x2)
+        dx = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
         block, warps = _launch_cfg(N)
         if M > 0:
             srms_bwd_kernel[(M,)](x2, dy2, dx, rstd, N, BLOCK=block, num_warps=warps)

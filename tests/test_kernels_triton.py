@@ -1,0 +1,151 @@
+"""The Triton kernels (tnl_kernels) on CPU through Triton's interpreter, against the float64 step recurrence.
+
+Triton's interpreter multiplies bf16 `tl.dot` operands as raw bit patterns (triton-lang/triton#11584), so LA2 runs
+here in fp16 and fp32; bf16 LA2 is checked on the GPU (tests/test_kernels_gpu.py). Every output buffer the kernels
+allocate is poisoned with NaN, so an element the kernels fail to write fails the comparison.
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated, i.e. at the first tnl_kernels import
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import tnl_kernels  # noqa: E402
+from tnl.reference import lightning_attn_recurrent  # noqa: E402
+
+# relative-norm tolerance per input dtype (fp32 products are exact "ieee"; fp16 rounds the operands of each product)
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture(autouse=True)
+def poisoned_empty(monkeypatch):
+    """torch.empty returns NaN-filled (floating) buffers, so unwritten kernel outputs cannot look right."""
+    real = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        x = real(*args, **kwargs)
+        if x.is_floating_point():
+            x.fill_(float("nan"))
+        return x
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(B, T, H, D, E, dtype, decay, with_h0, cu, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, D, generator=g).to(dtype)
+    k = torch.randn(B, T, H, D, generator=g).to(dtype)
+    v = torch.randn(B, T, H, E, generator=g).to(dtype)
+    slope = (torch.rand(H, generator=g) * 0.4 + 0.01) if decay else None
+    N = B if cu is None else len(cu) - 1
+    h0 = torch.randn(N, H, D, E, generator=g) if with_h0 else None
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    return q, k, v, slope, h0, cu_t, g
+
+
+def check(q, k, v, slope, h0, cu, g, with_final=True):
+    """Forward and every gradient of the kernel vs the float64 recurrence; returns the relative errors."""
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    h0l = None if h0 is None else h0.detach().clone().requires_grad_()
+    o, ht = tnl_kernels.lightning_attn_triton(*leaves, slope, h0l, with_final, cu)
+    assert o.dtype == q.dtype and o.shape == v.shape
+    do = torch.randn(o.shape, generator=g).to(o.dtype)
+    outs, grads = [o], [do]
+    if with_final:
+        assert ht.dtype == torch.float32 and ht.shape == (cu.numel() - 1 if cu is not None else q.shape[0],
+                                                          *q.shape[2:], v.shape[-1])
+        dht = torch.randn(ht.shape, generator=g)
+        outs.append(ht)
+        grads.append(dht)
+    else:
+        assert ht is None
+    torch.autograd.backward(outs, grads)
+
+    r = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    rh0 = None if h0 is None else h0.detach().double().requires_grad_()
+    ro, rht = lightning_attn_recurrent(*r, slope, rh0, cu)
+    rgrads = [do.double()] + ([grads[1].double()] if with_final else [])
+    torch.autograd.backward([ro, rht] if with_final else [ro], rgrads)
+    errs = {"o": rel(o, ro), "dq": rel(leaves[0].grad, r[0].grad), "dk": rel(leaves[1].grad, r[1].grad),
+            "dv": rel(leaves[2].grad, r[2].grad)}
+    if with_final:
+        errs["final_state"] = rel(ht, rht)
+    if h0 is not None:
+        errs["d_initial_state"] = rel(h0l.grad, rh0.grad)
+    tol = TOL[q.dtype]
+    bad = {n: e for n, e in errs.items() if not e <= tol}  # `not <=` also catches NaN
+    assert not bad, f"relative errors above {tol}: {bad} (all: {errs})"
+    return errs
+
+
+CASES = {
+    # name: (B, T, H, D, E, dtype, decay, initial_state, cu_seqlens)
+    "T1": (2, 1, 2, 16, 16, torch.float32, True, True, None),
+    "T1_nodecay_fp16": (1, 1, 1, 16, 32, torch.float16, False, False, None),
+    "T70_E48_decay_h0": (2, 70, 2, 32, 48, torch.float32, True, True, None),
+    "T70_E48_nodecay_fp16": (2, 70, 2, 32, 48, torch.float16, False, False, None),
+    "T129_decay_fp16_h0": (1, 129, 2, 16, 16, torch.float16, True, True, None),
+    "packed_1tok_docs_h0": (1, 83, 2, 16, 32, torch.float32, True, True, [0, 1, 40, 41, 42, 83]),
+    "packed_nodecay_fp16": (1, 100, 2, 32, 16, torch.float16, False, False, [0, 65, 66, 100]),
+    "packed_h0_only_1tok": (1, 3, 1, 16, 16, torch.float32, True, True, [0, 1, 2, 3]),
+    "D256": (1, 40, 1, 256, 16, torch.float32, True, True, None),
+    "D256_E48_fp16": (1, 33, 1, 256, 48, torch.float16, False, False, None),
+    "D48_E80_packed": (1, 70, 1, 48, 80, torch.float32, True, False, [0, 5, 70]),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_lightning_attn_matches_recurrence(name):
+    B, T, H, D, E, dtype, decay, with_h0, cu = CASES[name]
+    seed = sum(map(ord, name))
+    check(*make_inputs(B, T, H, D, E, dtype, decay, with_h0, cu, seed))
+
+
+def test_no_final_state_and_summed_output():
+    """output_final_state=False returns None; o.sum() backward gives a stride-0 grad_output."""
+    q, k, v, slope, h0, cu, g = make_inputs(2, 67, 2, 16, 32, torch.float32, True, True, None, 11)
+    check(q, k, v, slope, h0, cu, g, with_final=False)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    o, ht = tnl_kernels.lightning_attn_triton(*leaves, slope, None, False, None)
+    assert ht is None
+    o.sum().backward()
+    r = [x.double().requires_grad_() for x in (q, k, v)]
+    ro, _ = lightning_attn_recurrent(*r, slope, None, None)
+    ro.sum().backward()
+    for a, b in zip(leaves, r):
+        assert rel(a.grad, b.grad) < TOL[torch.float32]
+
+
+def test_strided_inputs_read_in_place():
+    """q, k, v as views of one fused projection and a (B, H, T, D) tensor transposed: no copies needed."""
+    g = torch.Generator().manual_seed(5)
+    B, T, H, D, E = 2, 45, 2, 16, 32
+    fused = torch.randn(B, T, H, 2 * D + E, generator=g)
+    q, k, v = fused[..., :D], fused[..., D:2 * D], fused[..., 2 * D:]
+    q = torch.randn(B, H, T, D, generator=g).transpose(1, 2)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    slope = torch.rand(H, generator=g) * 0.3
+    check(q, k, v, slope, None, None, g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_srms_norm(dtype):
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(3, 5, 100, generator=g) * 3).to(dtype).requires_grad_()
+    y = tnl_kernels.srms_norm_triton(x, 1e-6)
+    assert y.dtype == dtype and y.shape == x.shape
+    dy = torch.randn(y.shape, generator=g).to(dtype)
+    y.backward(dy)
+    xr = x.detach().double().requires_grad_()
+    yr = xr * torch.rsqrt(xr.pow(2).mean(-1, keepdim=True) + 1e-6)
+    yr.backward(dy.double())
+    tol = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+    assert rel(y, yr) < tol
+    assert rel(x.grad, xr.grad) < tol
