@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Build an offline install bundle for an air-gapped GPU node (CPython 3.12, manylinux x86_64) that already has
+# torch, triton and transformers: everything else the project needs, as wheels, plus the tnl wheel itself.
+#
+#   bash scripts/make_wheelhouse.sh [OUT_DIR]        # default: wheelhouse/
+#   then on the node: bash scripts/install_wheelhouse.sh OUT_DIR [TARGET_DIR]
+#
+# The versions are those of the project's installed environment (PYTHON, default .venv/bin/python: run `make install`
+# first), fetched again as wheels for the node's platform. Environment: PYTHON, PY_VERSION (default 3.12),
+# MAX_MB (size budget, default 20), WANDB_SPEC (default: the last pure-Python wandb, to keep the bundle small).
+# Left out on purpose, expected on the node: torch, triton, transformers and everything they pull in, and the large
+# binary packages pyarrow, pandas and matplotlib (datasets needs the first two only to read parquet/arrow; plots are
+# made off the node).
+set -euo pipefail
+
+OUT=${1:-wheelhouse}
+PYTHON=${PYTHON:-.venv/bin/python}
+PY_VERSION=${PY_VERSION:-3.12}
+MAX_MB=${MAX_MB:-20}
+WANDB_SPEC=${WANDB_SPEC:-wandb==0.16.6}
+PLATFORM_ARGS=(--python-version "$PY_VERSION" --implementation cp --only-binary=:all:)
+for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
+  PLATFORM_ARGS+=(--platform "$p")
+done
+SKIP='pyarrow pandas matplotlib contourpy fonttools kiwisolver pillow cycler pyparsing python-dateutil pytz tzdata'
+
+"$PYTHON" -c "import torch, deepspeed, tnl" >/dev/null 2>&1 || {
+  echo "make_wheelhouse: $PYTHON lacks torch, deepspeed or tnl; run 'make install' or set PYTHON" >&2; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+echo "== building wheels: tnl, and DeepSpeed (PyPI has only its sdist)"
+ds_version=$("$PYTHON" -c "from importlib.metadata import version; print(version('deepspeed'))")
+rm -rf "$OUT"; mkdir -p "$OUT"
+"$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w "$OUT" "deepspeed==$ds_version" .
+
+echo "== listing dependencies (installed versions, minus what torch/triton/transformers bring)"
+# Dependency closures read from the installed metadata: no resolver run, no multi-GB torch download.
+"$PYTHON" - "$WANDB_SPEC" $SKIP > "$tmp/wanted.txt" <<'PY'
+import re, sys
+from importlib.metadata import PackageNotFoundError, distribution
+from packaging.requirements import Requirement
+
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+
+def closure(roots, leaves=()):
+    seen, todo = {}, [norm(r) for r in roots]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue
+        seen[name] = dist.version
+        if name in leaves:
+            continue
+        for req in map(Requirement, dist.requires or []):
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(norm(req.name))
+    return seen
+
+# The node's transformers and its direct requirements work there; deeper optional layers (typer -> pydantic in
+# newer releases) are not guaranteed, so only these count as provided.
+provided = closure(["torch", "triton", "huggingface-hub", "tokenizers", "safetensors"], leaves={"typer"})
+provided |= closure(["transformers"], leaves=set(closure(["transformers"])) - {"transformers"})
+skip = {norm(n) for n in sys.argv[2:]} | {"tnl", "deepspeed", "wandb"}
+for name, version in sorted(closure(["tnl"], leaves={"wandb"}).items()):
+    if name not in provided and name not in skip:
+        print(f"{name}=={version}")
+print(sys.argv[1])  # wandb, resolved for the node below
+PY
+# wandb's pure-Python release has its own small dependency set: resolve it for the node's platform.
+"$PYTHON" -m pip install -q --dry-run --ignore-installed --target "$tmp/t" --report "$tmp/wandb.json" \
+  "${PLATFORM_ARGS[@]}" "$WANDB_SPEC"
+"$PYTHON" -c "import json,sys; [print(i['metadata']['name'] + '==' + i['metadata']['version']) for i in json.load(open(sys.argv[1]))['install']]" \
+  "$tmp/wandb.json" | grep -viE '^(setuptools|requests|urllib3|idna|certifi|charset-normalizer|pyyaml|psutil|click)==' >> "$tmp/wanted.txt"
+
+echo "== downloading $(sort -u "$tmp/wanted.txt" | wc -l) wheels for CPython $PY_VERSION manylinux x86_64"
+while read -r spec; do
+  # A few pure-Python dependencies (antlr4 4.9.3, pinned by hydra) exist only as sdists: build those into wheels.
+  "$PYTHON" -m pip download -q --no-deps "${PLATFORM_ARGS[@]}" -d "$OUT" "$spec" 2>/dev/null \
+    || "$PYTHON" -m pip wheel -q --no-deps -w "$OUT" "$spec" 2>/dev/null \
+    || { echo "make_wheelhouse: no wheel for $spec" >&2; exit 1; }
+done < <(sort -u "$tmp/wanted.txt")
+size_mb=$(du -sm "$OUT" | cut -f1)
+echo "== $OUT: $(ls "$OUT"/*.whl | wc -l) wheels, ${size_mb} MB"
+if (( size_mb > MAX_MB )); then
+  echo "make_wheelhouse: bundle is ${size_mb} MB, over the ${MAX_MB} MB budget" >&2
+  exit 1
+fi
