@@ -155,56 +155,49 @@ def lightning_attn_chunked(q, k, v, slope=None, initial_state=None, cu_seqlens=N
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     gather, chunk_len, first, doc_of, last_chunk = _layout(B, T, cu_seqlens, C, dev)
     n = chunk_len.shape[0]
-    N = last_chunk.shape[0]
 
-    def chunks(x):  # (B, T, H, X) -> (n, C, H, X) in the accumulation dtype
+    def chunks(x):  # (B, T, H, X) -> (n, H, C, X) contiguous, in the accumulation dtype
         flat = x.reshape(B * T, H, x.shape[-1]).to(dt)
         if gather is not None:
             flat = torch.cat([flat, flat.new_zeros(1, H, x.shape[-1])])[gather]
-        return flat.reshape(n, C, H, x.shape[-1])
+        return flat.reshape(n, C, H, x.shape[-1]).transpose(1, 2).contiguous()
 
     qc, kc, vc = chunks(q), chunks(k), chunks(v)
-    logl = _log_decay(slope, H, dev, dt)  # (H,)
+    logl = _log_decay(slope, H, dev, dt)[:, None]  # (H, 1)
     i = torch.arange(C, device=dev, dtype=dt)
     diff = i[:, None] - i[None, :]
+    zero = torch.zeros((), dtype=dt, device=dev)
     # intra-chunk: (q k^T * lam^(i-j) [j <= i]) v
-    mask = torch.where(diff >= 0, torch.exp(logl[:, None, None] * diff.clamp(min=0)), torch.zeros((), dtype=dt))
-    scores = torch.einsum("nihd,njhd->nhij", qc, kc) * mask
-    o = torch.einsum("nhij,njhe->nihe", scores, vc)
+    mask = torch.where(diff >= 0, torch.exp(logl[:, :, None] * diff.clamp(min=0)), zero)  # (H, C, C)
+    o = ((qc @ kc.transpose(-1, -2)) * mask) @ vc  # (n, H, C, E)
     # per-chunk state increment: sum_j lam^(len-1-j) k_j^T v_j over the chunk's valid tokens
     ln = chunk_len.to(dt)
     expo = ln[:, None] - 1 - i[None, :]  # (n, C)
-    w = torch.where(
-        (expo >= 0)[..., None], torch.exp(logl[None, None, :] * expo.clamp(min=0)[..., None]), torch.zeros((), dtype=dt)
-    )
-    kv = torch.einsum("njhd,njh,njhe->nhde", kc, w, vc)
-    decay = torch.exp(logl[None, :] * ln[:, None])  # (n, H): lam^len across a chunk
-    if initial_state is not None:
-        S0 = initial_state.to(dt)[doc_of]  # (n, H, D, E), only used where a document starts
-        kv = kv + torch.where(first[:, None, None, None], decay[..., None, None] * S0, torch.zeros((), dtype=dt))
+    w = torch.where(expo[:, None, :] >= 0, torch.exp(logl[None] * expo.clamp(min=0)[:, None, :]), zero)  # (n, H, C)
+    kv = (kc * w[..., None]).transpose(-1, -2) @ vc  # (n, H, D, E)
+    decay = torch.exp(logl[None, :, 0] * ln[:, None])  # (n, H): lam^len across a chunk
+    starts = first.nonzero()[:, 0]  # chunk index where each non-empty document starts
+    S0 = None if initial_state is None else initial_state.to(dt)[doc_of[starts]]
+    if S0 is not None:
+        kv = kv.index_add(0, starts, decay[starts][..., None, None] * S0)
     # end-of-chunk states; a document's first chunk does not see the previous chunk
-    ends = _scan(torch.where(first[:, None], torch.zeros((), dtype=dt), decay), kv)
+    ends = _scan(torch.where(first[:, None], zero, decay), kv)
     # state entering each chunk: previous end state, or the document's initial state
-    start = _shift(ends, 1, 0.0) if n > 0 else ends
-    if initial_state is not None:
-        start = torch.where(first[:, None, None, None], S0, start)
-    else:
-        start = torch.where(first[:, None, None, None], torch.zeros((), dtype=dt), start)
+    start = _shift(ends, 1, 0.0)
+    start = start.index_copy(0, starts, S0 if S0 is not None else start.new_zeros(len(starts), H, D, E))
     # inter-chunk: lam^(i+1) q_i S_start
-    qdec = qc * torch.exp(logl[None, :] * (i[:, None] + 1))[None, :, :, None]
-    o = o + torch.einsum("nihd,nhde->nihe", qdec, start)
+    o = o + (qc * torch.exp(logl * (i + 1))[..., None]) @ start
     # back to (B, T, H, E)
-    o = o.reshape(n * C, H, E)
+    o = o.transpose(1, 2).reshape(n * C, H, E)
     if gather is not None:
         pos = torch.full((B * T + 1,), -1, dtype=torch.long, device=dev)
         pos[gather] = torch.arange(n * C, device=dev)
         o = o[pos[: B * T]]
     o = o.reshape(B, T, H, E).to(q.dtype)
     # final states: last chunk's end state; empty documents keep their initial state
-    final = ends[last_chunk.clamp(min=0)] if n > 0 else q.new_zeros(N, H, D, E, dtype=dt)
+    final = ends[last_chunk.clamp(min=0)]
     empty = (last_chunk < 0)[:, None, None, None]
-    init = initial_state.to(dt) if initial_state is not None else torch.zeros((), dtype=dt, device=dev)
-    final = torch.where(empty, init, final)
+    final = torch.where(empty, initial_state.to(dt) if initial_state is not None else zero, final)
     return o, final
 
 
