@@ -1,0 +1,198 @@
+"""Benchmark Lightning Attention-2 (tnl_kernels) against FlashAttention-2, OpenNLPLab lightning-attn and fla.
+
+Forward and forward+backward medians (triton.testing.do_bench, CUDA events) and peak extra memory of one
+forward+backward, at a fixed number of tokens per batch (B = tokens / T), for a sweep over T and over head dims.
+Each implementation gets its inputs in its own native layout, made outside the timed region:
+tnl and fla (B, T, H, D); SDPA flash and OpenNLPLab (B, H, T, D). A competitor that fails to import or run is
+reported as missing/failed. Writes benchmarks/results/kernels_<gpu>_<time>.json and .md.
+
+    python scripts/bench_kernels.py                       # full sweep (T 1K..64K at D=128; D in 64,128,256 at T=4K)
+    python scripts/bench_kernels.py --seq-lens 2048 --head-dims 128 --impls tnl,fla
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+IMPLS = ("tnl", "fla", "lightning_attn", "sdpa_flash")
+
+
+def make_impl(name, B, T, H, D, E, dtype, slope, packed_cu=None):
+    """Returns (inputs, fn(inputs) -> output tensor) for one implementation, inputs made in its native layout."""
+    dev = "cuda"
+
+    def rnd(*shape):
+        return (torch.randn(*shape, device=dev, dtype=torch.float32) * 0.5).to(dtype).requires_grad_()
+
+    if name == "tnl":
+        import tnl_kernels
+
+        x = [rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, E)]
+        return x, lambda x: tnl_kernels.lightning_attn_triton(x[0], x[1], x[2], slope, None, False, packed_cu)[0]
+    if name == "fla":
+        from fla.ops.simple_gla import chunk_simple_gla
+
+        x = [rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, E)]
+        g_gamma = -slope
+        cu = None if packed_cu is None else packed_cu.long()
+        return x, lambda x: chunk_simple_gla(x[0], x[1], x[2], g_gamma=g_gamma, scale=1.0, cu_seqlens=cu)[0]
+    if name == "lightning_attn":
+        from lightning_attn.ops import lightning_attn_func
+
+        x = [rnd(B, H, T, D), rnd(B, H, T, D), rnd(B, H, T, E)]
+        s = slope.reshape(H, 1, 1).contiguous()
+        return x, lambda x: lightning_attn_func(x[0], x[1], x[2], s)
+    if name == "sdpa_flash":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+        x = [rnd(B, H, T, D), rnd(B, H, T, D), rnd(B, H, T, E)]
+
+        def fn(x):
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return sdpa(x[0], x[1], x[2], is_causal=True)
+
+        return x, fn
+    raise ValueError(f"unknown implementation {name!r}; choose from {IMPLS}")
+
+
+def measure(name, B, T, H, D, E, dtype, packed_cu=None, warmup=25, rep=100):
+    from triton.testing import do_bench
+
+    slope = torch.tensor([2 ** (-8 * (h + 1) / H) for h in range(H)], device="cuda", dtype=torch.float32)
+    x, fn = make_impl(name, B, T, H, D, E, dtype, slope, packed_cu)
+    do = torch.randn_like(fn(x))
+
+    def fwd():
+        with torch.no_grad():
+            fn(x)
+
+    def fwd_bwd():
+        torch.autograd.grad(fn(x), x, do)
+
+    res = {}
+    torch.cuda.synchronize()
+    res["fwd_ms"] = do_bench(fwd, warmup=warmup, rep=rep, return_mode="median")
+    res["fwd_bwd_ms"] = do_bench(fwd_bwd, warmup=warmup, rep=rep, return_mode="median")
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fwd_bwd()
+    torch.cuda.synchronize()
+    res["peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return res
+
+
+def packed_cu_seqlens(total, mean_len, seed=0):
+    """Document boundaries of random lengths (exponential, mean `mean_len`) packed into `total` tokens."""
+    g = torch.Generator().manual_seed(seed)
+    lens = []
+    while sum(lens) < total:
+        lens.append(max(1, int(torch.empty(1).exponential_(1.0 / mean_len, generator=g).item())))
+    lens[-1] -= sum(lens) - total
+    lens = [n for n in lens if n > 0]
+    return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+
+
+def fmt(v):
+    return "-" if v is None else f"{v:.2f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=65536, help="tokens per batch; B = tokens / T")
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--seq-lens", default="1024,2048,4096,8192,16384,32768,65536")
+    p.add_argument("--head-dims", default="64,128,256", help="head-dim sweep (D = E) at --dim-sweep-T")
+    p.add_argument("--dim-sweep-T", type=int, default=4096)
+    p.add_argument("--packed-mean-len", type=int, default=2048, help="tnl/fla with cu_seqlens at T=tokens; 0: skip")
+    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--tag", default="", help="suffix for the output file names")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_kernels: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    dtype = getattr(torch, args.dtype)
+    impls = [s for s in args.impls.split(",") if s]
+    H = args.heads
+    shapes = [("seq", T, 128) for T in map(int, args.seq_lens.split(","))]
+    shapes += [("dim", args.dim_sweep_T, d) for d in map(int, args.head_dims.split(",")) if d]
+    if args.packed_mean_len:
+        shapes.append(("packed", args.tokens, 128))
+
+    import triton
+
+    meta = {
+        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "cuda": torch.version.cuda, "python": platform.python_version(), "command": " ".join(sys.argv),
+        "time_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "tokens": args.tokens, "heads": H, "dtype": args.dtype, "decay": "ALiBi slopes 2^(-8(h+1)/H)",
+        "timing": "triton.testing.do_bench median (CUDA events), inputs made outside the timed region",
+        "peak_extra_mib": "max_memory_allocated during one fwd+bwd minus allocated before (inputs excluded)",
+    }
+    rows = []
+    for kind, T, Dh in shapes:
+        B = max(1, args.tokens // T)
+        cu = None
+        if kind == "packed":
+            B, cu = 1, packed_cu_seqlens(T, args.packed_mean_len)
+        for name in impls:
+            if kind == "packed" and name not in ("tnl", "fla"):
+                continue
+            row = {"kind": kind, "impl": name, "B": B, "T": T, "H": H, "D": Dh, "E": Dh}
+            if cu is not None:
+                row["docs"] = cu.numel() - 1
+            try:
+                row.update(measure(name, B, T, H, Dh, Dh, dtype, cu))
+            except ImportError as e:
+                row["error"] = f"missing: {e}"
+            except Exception as e:  # a failing competitor is reported, not fatal
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                torch.cuda.empty_cache()
+            rows.append(row)
+            status = row.get("error") or (f"fwd {row['fwd_ms']:.3f} ms  fwd+bwd {row['fwd_bwd_ms']:.3f} ms  "
+                                          f"peak +{row['peak_extra_mib']:.0f} MiB")
+            print(f"[{kind}] {name:15s} B={B:3d} T={T:6d} D={Dh:3d}: {status}", flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = "".join(c if c.isalnum() else "_" for c in meta["gpu"]).strip("_")
+    stem = f"kernels_{gpu}_{meta['time_utc'].replace(':', '').replace('-', '')}{args.tag}"
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    md = [f"# LA2 kernel benchmark: {meta['gpu']}", "",
+          f"torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, {meta['time_utc']}; "
+          f"{args.tokens} tokens per batch (B = {args.tokens}/T), H = {H}, {args.dtype}, causal, per-head decay.",
+          f"Command: `{meta['command']}`. {meta['timing']}; {meta['peak_extra_mib']}.", ""]
+    for title, key in (("forward + backward (ms)", "fwd_bwd_ms"), ("forward (ms)", "fwd_ms"),
+                       ("peak extra memory of forward + backward (MiB)", "peak_extra_mib")):
+        md += [f"## {title}", "", "| shape | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
+        for kind, T, Dh in shapes:
+            cells = []
+            for name in impls:
+                r = next((r for r in rows if (r["kind"], r["T"], r["D"], r["impl"]) == (kind, T, Dh, name)), None)
+                cells.append("" if r is None else ("n/a" if "error" in r else fmt(r[key])))
+            label = {"seq": f"T={T} D={Dh}", "dim": f"D=E={Dh} T={T}", "packed": f"packed T={T} D={Dh}"}[kind]
+            md.append(f"| {label} | " + " | ".join(cells) + " |")
+        md.append("")
+    errs = [r for r in rows if "error" in r]
+    if errs:
+        md += ["## Missing / failed", ""] + [f"- {r['impl']} ({r['kind']} T={r['T']} D={r['D']}): {r['error']}"
+                                               for r in errs] + [""]
+    (out / f"{stem}.md").write_text("\n".join(md))
+    print("\n".join(md))
+    print(f"wrote {out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

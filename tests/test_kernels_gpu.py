@@ -1,0 +1,148 @@
+"""The Triton kernels compiled on CUDA at real sizes, against float64 references computed on the GPU.
+
+The float64 truth is tnl.reference's chunked form (the step recurrence is too slow at T = 65,536), itself checked
+against the step recurrence on a small case here. Outputs the kernels allocate are poisoned with NaN.
+Run with `pytest -m gpu tests/test_kernels_gpu.py`; skipped without CUDA.
+"""
+
+import pytest
+import torch
+
+from tnl.reference import lightning_attn_chunked, lightning_attn_recurrent
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+# relative-norm tolerance per input dtype (bf16 rounds the operands of every product and the stored chunk states)
+TOL = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture(autouse=True)
+def poisoned_empty(monkeypatch):
+    real = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        x = real(*args, **kwargs)
+        if x.is_floating_point():
+            x.fill_(float("nan"))
+        return x
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def random_cu(T, seed, min_docs=3):
+    """Random document boundaries in [0, T], with 1-token documents at the start, middle and end."""
+    g = torch.Generator().manual_seed(seed)
+    cuts = torch.randperm(T - 1, generator=g)[: max(min_docs, T // 3000)] + 1
+    cuts = sorted(set(cuts.tolist()) | {1, T // 2, T // 2 + 1, T - 1})
+    return torch.tensor([0, *cuts, T], dtype=torch.int32)
+
+
+def run_case(B, T, H, D, E, dtype, decay, with_h0, cu, seed, with_final=True):
+    import tnl_kernels
+
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(seed)
+    q = torch.randn(B, T, H, D, device=dev, generator=g).to(dtype)
+    k = torch.randn(B, T, H, D, device=dev, generator=g).to(dtype)
+    v = torch.randn(B, T, H, E, device=dev, generator=g).to(dtype)
+    if decay:  # the TNL slopes span ~1e-3 .. 0.7: cover both ends
+        slope = torch.exp(torch.empty(H, device=dev).uniform_(-7.0, -0.3, generator=g))
+    else:
+        slope = None
+    cu = None if cu is None else cu.to(dev)
+    N = B if cu is None else cu.numel() - 1
+    h0 = torch.randn(N, H, D, E, device=dev, generator=g) if with_h0 else None
+
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    h0l = None if h0 is None else h0.clone().requires_grad_()
+    o, ht = tnl_kernels.lightning_attn_triton(*leaves, slope, h0l, with_final, cu)
+    do = torch.randn(o.shape, device=dev, generator=g).to(dtype)
+    outs, grads = [o], [do]
+    if with_final:
+        dht = torch.randn(ht.shape, device=dev, generator=g)
+        outs, grads = [o, ht], [do, dht]
+    torch.autograd.backward(outs, grads)
+    got = {"o": o, "dq": leaves[0].grad, "dk": leaves[1].grad, "dv": leaves[2].grad}
+    if with_final:
+        got["final_state"] = ht
+    if with_h0:
+        got["d_initial_state"] = h0l.grad
+    got = {n: x.detach() for n, x in got.items()}
+    del leaves, h0l, o, ht, outs
+
+    r = [x.double().requires_grad_() for x in (q, k, v)]
+    rh0 = None if h0 is None else h0.double().requires_grad_()
+    ro, rht = lightning_attn_chunked(*r, slope, rh0, cu)
+    rgrads = [do.double()] + ([grads[1].double()] if with_final else [])
+    torch.autograd.backward([ro, rht] if with_final else [ro], rgrads)
+    want = {"o": ro, "dq": r[0].grad, "dk": r[1].grad, "dv": r[2].grad, "final_state": rht,
+            "d_initial_state": None if rh0 is None else rh0.grad}
+    errs = {n: rel(x, want[n]) for n, x in got.items()}
+    print(f"B={B} T={T} H={H} D={D} E={E} {dtype} decay={decay} h0={with_h0} varlen={cu is not None}: "
+          + " ".join(f"{n}={e:.1e}" for n, e in errs.items()))
+    tol = TOL[dtype]
+    bad = {n: e for n, e in errs.items() if not e <= tol}
+    assert not bad, f"relative errors above {tol}: {bad}"
+    torch.cuda.empty_cache()
+
+
+CASES = {
+    # name: (B, T, H, D, E, dtype, decay, initial_state, cu_seqlens)
+    "T65536_smallBH_bf16": (1, 65536, 2, 64, 64, torch.bfloat16, True, True, None),
+    "T65536_nodecay_bf16": (1, 65536, 1, 64, 64, torch.bfloat16, False, False, None),
+    "T2048_largeBH_bf16": (4, 2048, 16, 128, 128, torch.bfloat16, True, True, None),
+    "T2048_largeBH_fp16": (4, 2048, 16, 128, 128, torch.float16, True, False, None),
+    "T4095_fp32": (2, 4095, 4, 128, 128, torch.float32, True, True, None),
+    "T1_bf16": (3, 1, 4, 128, 128, torch.bfloat16, True, True, None),
+    "T63_T65": (2, 65, 3, 64, 48, torch.bfloat16, True, True, None),
+    "D256_E48_fp32": (2, 1000, 2, 256, 48, torch.float32, True, True, None),
+    "D256_bf16": (1, 4096, 4, 256, 256, torch.bfloat16, True, False, None),
+    "E48_nodecay_fp16": (2, 3000, 2, 64, 48, torch.float16, False, True, None),
+    "packed_bf16": (1, 16384, 4, 128, 128, torch.bfloat16, True, True, "cu"),
+    "packed_fp32_nodecay": (1, 5000, 2, 64, 80, torch.float32, False, True, "cu"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_lightning_attn_gpu(name):
+    B, T, H, D, E, dtype, decay, with_h0, cu = CASES[name]
+    seed = sum(map(ord, name))
+    run_case(B, T, H, D, E, dtype, decay, with_h0, random_cu(T, seed) if cu == "cu" else None, seed)
+
+
+def test_lightning_attn_gpu_no_final_state():
+    run_case(2, 3000, 4, 128, 128, torch.bfloat16, True, False, None, 7, with_final=False)
+
+
+def test_chunked_reference_matches_recurrence():
+    """The float64 truth used above agrees with the step recurrence (small case, with documents and states)."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q, k = (torch.randn(1, 150, 2, 16, device="cuda", dtype=torch.float64, generator=g) for _ in range(2))
+    v = torch.randn(1, 150, 2, 24, device="cuda", dtype=torch.float64, generator=g)
+    cu = torch.tensor([0, 1, 70, 71, 150], dtype=torch.int32, device="cuda")
+    h0 = torch.randn(4, 2, 16, 24, device="cuda", dtype=torch.float64, generator=g)
+    slope = torch.tensor([0.05, 0.5], device="cuda")
+    a, sa = lightning_attn_chunked(q, k, v, slope, h0, cu)
+    b, sb = lightning_attn_recurrent(q, k, v, slope, h0, cu)
+    assert rel(a, b) < 1e-12 and rel(sa, sb) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_srms_norm_gpu(dtype):
+    import tnl_kernels
+
+    g = torch.Generator(device="cuda").manual_seed(2)
+    x = (torch.randn(4096, 2560, device="cuda", generator=g) * 2).to(dtype).requires_grad_()
+    y = tnl_kernels.srms_norm_triton(x, 1e-6)
+    dy = torch.randn(y.shape, device="cuda", generator=g).to(dtype)
+    y.backward(dy)
+    xr = x.detach().double().requires_grad_()
+    yr = xr * torch.rsqrt(xr.pow(2).mean(-1, keepdim=True) + 1e-6)
+    yr.backward(dy.double())
+    tol = {torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
+    assert rel(y, yr) < tol and rel(x.grad, xr.grad) < tol
