@@ -1,0 +1,112 @@
+"""The data config (configs/data/*.yaml) as a validated dataclass, and the one error type of tnl.data."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+BUILTIN_PREFIX = "builtin:"
+BUILTINS = ("python_docs",)
+
+
+class DataError(ValueError):
+    """Bad data input or config: the message names the problem (the CLI prints it as one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """One dataset. Paths are used as given (Hydra resolves `${data.root}`); relative ones are relative to the cwd."""
+
+    name: str
+    inputs: tuple[str, ...]  # files, globs, or `builtin:python_docs` (the embedded demo corpus)
+    dir: str  # where tokenizer + shards + manifest are written
+    root: str = "data"  # where corpora live; only used through interpolation in `inputs`
+    val_inputs: tuple[str, ...] = ()  # a separate validation set; else `val_fraction` of the documents
+    val_fraction: float = 0.01
+    text_field: str = "text"  # the field of .jsonl/.parquet rows holding the document
+    doc_separator: str | None = None  # .txt files: split into documents at this string (None: a file is one doc)
+    vocab_size: int = 4096
+    tokenizer: str | None = None  # reuse this tokenizer (a .model file or a prepared dir) instead of training
+    tokenizer_train_lines: int = 200_000  # size of the deterministic line sample the tokenizer is trained on
+    token_dtype: str = "auto"  # auto | uint16 | uint32
+    shard_tokens: int = 1 << 28  # tokens per shard file before a new one starts
+    num_workers: int | None = None  # tokenizer processes; None: all cores
+    seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> DataConfig:
+        """Validate a `data` mapping (a dict or an OmegaConf node): unknown keys and bad values raise DataError."""
+        if hasattr(cfg, "_metadata"):  # an OmegaConf DictConfig: resolve interpolations into a plain dict
+            from omegaconf import OmegaConf
+
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        if not isinstance(cfg, Mapping):
+            raise DataError(f"data config must be a mapping, got {type(cfg).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - fields)
+        if unknown:
+            raise DataError(f"unknown data option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+        missing = [k for k in ("name", "inputs") if cfg.get(k) in (None, "", [])]
+        if missing:
+            raise DataError(f"data config needs {', '.join(missing)}")
+        kw = dict(cfg)
+        kw["inputs"] = _str_tuple(kw["inputs"], "inputs")
+        kw["val_inputs"] = _str_tuple(kw.get("val_inputs") or (), "val_inputs")
+        if kw.get("dir") in (None, ""):
+            kw["dir"] = os.path.join("data", "prepared", str(kw["name"]))
+        for key in ("vocab_size", "tokenizer_train_lines", "shard_tokens", "seed"):
+            if key in kw and (isinstance(kw[key], bool) or not isinstance(kw[key], int)):
+                raise DataError(f"data.{key} must be an integer, got {kw[key]!r}")
+        self = cls(**kw)
+        self._check()
+        return self
+
+    def _check(self) -> None:
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise DataError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.vocab_size < 300:
+            raise DataError(f"data.vocab_size={self.vocab_size} is too small: byte fallback needs 256 + 4 special ids")
+        if self.token_dtype not in ("auto", "uint16", "uint32"):
+            raise DataError(f"data.token_dtype must be auto, uint16 or uint32, got {self.token_dtype!r}")
+        if self.tokenizer_train_lines < 100 or self.shard_tokens < 1024:
+            raise DataError("data.tokenizer_train_lines must be >= 100 and data.shard_tokens >= 1024")
+        if self.num_workers is not None and (not isinstance(self.num_workers, int) or self.num_workers < 1):
+            raise DataError(f"data.num_workers must be a positive integer or null, got {self.num_workers!r}")
+        if self.doc_separator == "":
+            raise DataError("data.doc_separator must be null or a non-empty string")
+
+
+def _str_tuple(value: Any, key: str) -> tuple[str, ...]:
+    if isinstance(value, (str, os.PathLike)):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in value):
+        raise DataError(f"data.{key} must be a path, a glob or a list of them, got {value!r}")
+    return tuple(os.fspath(v) for v in value)
+
+
+def resolve_inputs(patterns: tuple[str, ...], key: str = "inputs") -> list[str]:
+    """Expand globs (sorted, deduplicated, in pattern order); a pattern matching nothing raises DataError."""
+    out: list[str] = []
+    for pat in patterns:
+        if pat.startswith(BUILTIN_PREFIX):
+            if pat[len(BUILTIN_PREFIX) :] not in BUILTINS:
+                raise DataError(f"data.{key}: unknown builtin corpus {pat!r}; known: {', '.join(BUILTINS)}")
+            matches = [pat]
+        elif glob.has_magic(pat):
+            matches = sorted(glob.glob(pat))
+            if not matches:
+                raise DataError(f"data.{key}: no file matches {pat!r} (cwd {os.getcwd()})")
+        else:
+            if not Path(pat).exists():
+                raise DataError(f"data.{key}: no such file {pat!r} (cwd {os.getcwd()})")
+            matches = [pat]
+        for m in matches:
+            if not m.startswith(BUILTIN_PREFIX) and Path(m).is_dir():
+                raise DataError(f"data.{key}: {m!r} is a directory; give files or a glob such as {m}/*.jsonl")
+            if m not in out:
+                out.append(m)
+    return out
