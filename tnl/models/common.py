@@ -1,0 +1,80 @@
+"""Pieces shared by the TNL and LLaMA language models: output type, init, the (chunked) LM head and loss."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+
+
+@dataclasses.dataclass
+class LMOutput:
+    """Training-form output: `loss` (mean over non-ignored targets, or None) and `logits` ((B, T, V) or None)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+def init_normal(module: nn.Module, std: float) -> None:
+    """N(0, std) for every Linear / Embedding weight, zeros for biases (the released TNL init)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(hidden, weight).float()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def lm_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Mean next-token cross-entropy of `hidden @ weight.T` against `targets` (-100 = ignore), in fp32.
+
+    The tokens are processed `chunk_size` at a time and each chunk is recomputed in backward, so the (tokens, vocab)
+    logits of a long sequence never exist all at once (64000 x 16K tokens would be 4 GB in fp32).
+    hidden: (B, T, D); weight: (V, D); targets: (B, T) int64.
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = targets.reshape(-1)
+    count = (t != IGNORE_INDEX).sum()
+    total = h.new_zeros((), dtype=torch.float32)
+    for s in range(0, h.shape[0], chunk_size):
+        hs, ts = h[s:s + chunk_size], t[s:s + chunk_size]
+        if torch.is_grad_enabled() and (hs.requires_grad or weight.requires_grad):
+            total = total + checkpoint(_chunk_ce_sum, hs, weight, ts, use_reentrant=False)
+        else:
+            total = total + _chunk_ce_sum(hs, weight, ts)
+    # All targets ignored: loss 0 (not NaN), still connected to the graph.
+    return total / count.clamp(min=1).to(total.dtype)
+
+
+def check_inputs(input_ids: torch.Tensor, targets: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                 vocab_size: int) -> None:
+    """Validate the training-form arguments (shapes, dtypes, cu_seqlens layout) with one clear error."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be a (B, T) tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must be int64, got {input_ids.dtype}")
+    if targets is not None and targets.shape != input_ids.shape:
+        raise ValueError(f"targets shape {tuple(targets.shape)} != input_ids shape {tuple(input_ids.shape)}")
+    if cu_seqlens is not None:
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along T), got B={input_ids.shape[0]}")
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(f"cu_seqlens must be 1-D with N+1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
+        if cu_seqlens.dtype != torch.int32:
+            raise TypeError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
+
+
+def doc_positions(cu_seqlens: torch.Tensor, T: int, device) -> torch.Tensor:
+    """Position of every token inside its own document (restarting at 0 at each cu_seqlens boundary): (T,) int64."""
+    cu = cu_seqlens.to(device=device, dtype=torch.int64)
+    idx = torch.arange(T, device=device)
+    doc = torch.searchsorted(cu[1:], idx, right=True).clamp(max=cu.numel() - 2)
+    return idx - cu[doc]
