@@ -8,9 +8,9 @@
 # The versions are those of the project's installed environment (PYTHON, default .venv/bin/python: run `make install`
 # first), fetched again as wheels for the node's platform. Environment: PYTHON, PY_VERSION (default 3.12),
 # MAX_MB (size budget, default 20), WANDB_SPEC (default: the last pure-Python wandb, to keep the bundle small).
-# Left out on purpose, expected on the node: torch, triton, transformers and everything they pull in, and the large
-# binary packages pyarrow, pandas and matplotlib (datasets needs the first two only to read parquet/arrow; plots are
-# made off the node).
+# Left out on purpose: torch, triton, transformers and what they pull in (expected on the node), matplotlib (plots
+# are made off the node), and unless WITH_ARROW=1, pyarrow and pandas (large; only `datasets` needs them, and
+# training reads pre-tokenized shards without it).
 set -euo pipefail
 
 OUT=${1:-wheelhouse}
@@ -22,7 +22,9 @@ PLATFORM_ARGS=(--python-version "$PY_VERSION" --implementation cp --only-binary=
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
   PLATFORM_ARGS+=(--platform "$p")
 done
-SKIP='pyarrow pandas matplotlib contourpy fonttools kiwisolver pillow cycler pyparsing python-dateutil pytz tzdata'
+SKIP='matplotlib contourpy fonttools kiwisolver pillow cycler pyparsing'
+# datasets imports pyarrow and pandas (~70 MB of wheels): WITH_ARROW=1 bundles them and lifts the budget.
+if [[ ${WITH_ARROW:-0} == 1 ]]; then MAX_MB=$((MAX_MB + 80)); else SKIP+=' pyarrow pandas python-dateutil pytz tzdata'; fi
 
 "$PYTHON" -c "import torch, deepspeed, tnl" >/dev/null 2>&1 || {
   echo "make_wheelhouse: $PYTHON lacks torch, deepspeed or tnl; run 'make install' or set PYTHON" >&2; exit 1; }
@@ -61,12 +63,13 @@ def closure(roots, leaves=()):
                 todo.append(norm(req.name))
     return seen
 
-# The node's transformers and its direct requirements work there; deeper optional layers (typer -> pydantic in
-# newer releases) are not guaranteed, so only these count as provided.
-provided = closure(["torch", "triton", "huggingface-hub", "tokenizers", "safetensors"], leaves={"typer"})
+# Only torch, triton, transformers and transformers' direct requirements count as provided: deeper layers differ
+# between releases (seen: a node whose huggingface-hub worked without fsspec installed).
+provided = closure(["torch", "triton"])
 provided |= closure(["transformers"], leaves=set(closure(["transformers"])) - {"transformers"})
+provided.pop("fsspec", None)  # torch imports it lazily, so nodes may lack it; datasets needs it
 skip = {norm(n) for n in sys.argv[2:]} | {"tnl", "deepspeed", "wandb"}
-for name, version in sorted(closure(["tnl"], leaves={"wandb"}).items()):
+for name, version in sorted(closure(["tnl"], leaves={"wandb"} | set(provided)).items()):
     if name not in provided and name not in skip:
         print(f"{name}=={version}")
 print(sys.argv[1])  # wandb, resolved for the node below
