@@ -43,7 +43,7 @@ def alibi_slopes(n: int) -> list[float]:
 
 
 def tnl_layer_slopes(num_heads: int, layer_idx: int, num_layers: int) -> list[float]:
-    """Decay rates of layer `layer_idx` of `num_layers`: ALiBi slopes * (1 - l/(L-1) + 1e-5); L = 1 uses factor 1+1e-5."""
+    """Decay rates of layer `layer_idx` of `num_layers`: ALiBi slopes * (1 - l/(L-1) + 1e-5) (L = 1: factor 1+1e-5)."""
     frac = layer_idx / (num_layers - 1) if num_layers > 1 else 0.0
     return [s * (1.0 - frac + 1e-5) for s in alibi_slopes(num_heads)]
 
