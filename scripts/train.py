@@ -1,0 +1,16 @@
+"""Train (or resume) a model: Hydra overrides on the command line, DeepSpeed underneath.
+
+    deepspeed scripts/train.py model=tnl_385m data=gutenberg deepspeed=zero2 trainer.max_steps=1000
+    torchrun --nproc_per_node 2 scripts/train.py ...
+    python scripts/train.py model=tnl_tiny data=demo trainer.max_steps=50 run_dir=runs/tiny
+    python scripts/train.py model=tnl_15b trainer.dry_run=true
+
+Re-running the same command with the same run_dir resumes from its latest complete checkpoint.
+"""
+
+import sys
+
+from tnl.train.run import cli
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -1,0 +1,183 @@
+"""Checkpoints: DeepSpeed engine state + per-rank loader/RNG/trainer state, published atomically, keep-last-k.
+
+Layout under run_dir/checkpoints/:
+    step_00000100/          one complete checkpoint (DeepSpeed files, trainer_rank<r>.pt, meta.json)
+    latest                  the tag of the newest complete checkpoint (written last, by rename)
+    .tmp_step_00000200/     a checkpoint being written; never resumed from, removed on the next start
+
+A checkpoint directory only gets its final name after every rank has written its files, so a process killed
+mid-write leaves at most a .tmp_ directory and resuming uses the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tnl.train import dist
+
+TMP_PREFIX = ".tmp_"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed here (different model, world size, ZeRO stage; corrupt files)."""
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """Published checkpoint tags, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_")
+                  and (p / "meta.json").is_file())
+
+
+def latest_tag(ckpt_dir: Path) -> str | None:
+    """The tag named by `latest` when it is complete, else the newest complete one, else None."""
+    pointer = ckpt_dir / "latest"
+    if pointer.is_file():
+        tag = pointer.read_text().strip()
+        if (ckpt_dir / tag / "meta.json").is_file():
+            return tag
+    tags = complete_tags(ckpt_dir)
+    return tags[-1] if tags else None
+
+
+def read_meta(ckpt_dir: Path, tag: str) -> dict:
+    try:
+        return json.loads((ckpt_dir / tag / "meta.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {ckpt_dir / tag} has an unreadable meta.json: {err}") from None
+
+
+def clean_partial(ckpt_dir: Path) -> None:
+    """Remove directories left by a save that never finished (rank 0 only)."""
+    if ckpt_dir.is_dir():
+        for p in ckpt_dir.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def check_compatible(meta: dict, model_cfg: dict, world_size: int, stage: int, where: Path) -> None:
+    """Refuse, with the differing keys named, a checkpoint written for another model or layout."""
+    old = meta.get("model", {})
+    diff = sorted(k for k in set(old) | set(model_cfg)
+                  if k != "gradient_checkpointing" and old.get(k) != model_cfg.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {model_cfg.get(k)!r}" for k in diff[:6])
+        raise CheckpointError(f"checkpoint {where} is from a different model config ({shown}); "
+                              "use another run_dir or the same model")
+    if meta.get("world_size") != world_size:
+        raise CheckpointError(f"checkpoint {where} was written by {meta.get('world_size')} ranks, "
+                              f"this run has {world_size}: resume with the same number of ranks")
+    if meta.get("zero_stage") != stage:
+        raise CheckpointError(f"checkpoint {where} was written with deepspeed.stage={meta.get('zero_stage')}, "
+                              f"this run uses {stage}: resume with the same ZeRO stage")
+
+
+def save(engine, ckpt_dir: Path, step: int, rank_state: dict, meta: dict, keep_last: int, rank: int,
+         fault_hook=None) -> str:
+    """Write a checkpoint for `step` on every rank and publish it (collective: all ranks call this)."""
+    tag = tag_for(step)
+    tmp_tag = TMP_PREFIX + tag
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(ckpt_dir / tmp_tag, ignore_errors=True)
+    dist.barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tmp_tag, client_state={"step": step}, save_latest=False)
+    torch.save(rank_state, ckpt_dir / tmp_tag / f"trainer_rank{rank}.pt")
+    if fault_hook is not None:
+        fault_hook()  # tests: die here, mid-write
+    dist.barrier()
+    if rank == 0:
+        _write_atomic(ckpt_dir / tmp_tag / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+        final = ckpt_dir / tag
+        if final.exists():  # re-saving a step (e.g. the final one): replace it
+            shutil.rmtree(final)
+        (ckpt_dir / tmp_tag).rename(final)
+        _fsync_dir(ckpt_dir)
+        _write_atomic(ckpt_dir / "latest", tag)
+        for old in complete_tags(ckpt_dir)[:-keep_last]:
+            shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+    dist.barrier()
+    return tag
+
+
+def load(engine, ckpt_dir: Path, tag: str, rank: int) -> dict:
+    """Restore the engine (weights, optimizer, fp32 masters) and return this rank's trainer state."""
+    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                     load_lr_scheduler_states=False)
+    if path is None:
+        raise CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
+    state_file = ckpt_dir / tag / f"trainer_rank{rank}.pt"
+    try:
+        return torch.load(state_file, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as err:
+        raise CheckpointError(f"cannot read {state_file}: {err}") from None
+
+
+def model_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a checkpoint, consolidated from ZeRO partitions when needed (for the HF export)."""
+    folder = ckpt_dir / tag
+    if any(folder.glob("*optim_states.pt")) and any(folder.glob("zero_pp_rank_*")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    else:
+        files = sorted(folder.glob("mp_rank_*_model_states.pt"))
+        if not files:
+            raise CheckpointError(f"no DeepSpeed model states in {folder}")
+        sd = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def info(ckpt_dir: Path, tag: str) -> dict[str, Any]:
+    return read_meta(ckpt_dir, tag)

@@ -1,0 +1,158 @@
+"""Typed schema of the training config and the Hydra composition that applies it.
+
+configs/config.yaml and its groups are composed by Hydra's compose API (no chdir, no outputs/ folder, no .hydra/),
+then merged onto the dataclasses below, so a misspelt key or a value of the wrong type fails with one line naming
+it. The `model` and `data` groups are open mappings: their keys belong to tnl.models and tnl.data, which check them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used: the message names the key (or file) to fix."""
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 200  # optimizer steps; the LR schedule decays over exactly these
+    micro_batch_size: int = 8  # sequences per rank per forward
+    grad_accum: int = 1  # micro batches per optimizer step
+    seq_len: int = 256
+    save_every: int = 100  # 0: only the final checkpoint
+    keep_last: int = 2  # checkpoints kept on disk (the newest ones)
+    eval_every: int = 100  # 0: no validation
+    eval_batches: int = 20  # validation micro batches per rank (0: the whole val split)
+    log_every: int = 1
+    dry_run: bool = False  # build on the meta device, print parameters=<int> and the config, exit
+    stop_at_step: Optional[int] = None  # end this invocation early (checkpointed), as a preempted job would
+    max_bad_steps: int = 5  # this many non-finite steps in a row abort the run
+    peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU; null: looked up from the GPU name
+    cu_seqlens: bool = False  # pack each micro batch as one row with document boundaries (models reset there)
+    export_hf: bool = True  # write run_dir/hf at the end
+    progress: str = "auto"  # auto | bar | log
+    deterministic: bool = True  # torch deterministic algorithms (always on CPU; on CUDA when true)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 3e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    fused: Optional[bool] = None  # null: fused AdamW on CUDA, foreach elsewhere
+
+
+@dataclass
+class DeepSpeedConfig:
+    stage: int = 2  # ZeRO stage 0..3
+    precision: str = "auto"  # auto (bf16 when the accelerator supports it) | bf16 | fp16 | fp32
+    gradient_clipping: float = 1.0
+    offload_optimizer: bool = False  # ZeRO-3 (or 2): optimizer state in CPU memory
+    offload_param: bool = False  # ZeRO-3: parameters in CPU memory
+    zero_init: bool = False  # ZeRO-3: build the model partitioned (for models that do not fit one device)
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = 50_000_000
+    allgather_bucket_size: int = 50_000_000
+    stage3_prefetch_bucket_size: int = 50_000_000
+    stage3_param_persistence_threshold: int = 100_000
+    extra: dict[str, Any] = field(default_factory=dict)  # merged last into the generated DeepSpeed config
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb | tensorboard
+    project: str = "tnl"
+    mode: str = "offline"  # wandb mode: offline | online | disabled
+    run_name: Optional[str] = None
+
+
+@dataclass
+class RootConfig:
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 1234
+    run_dir: str = "runs/default"
+
+
+def _one_line(err: Exception) -> str:
+    """Hydra/OmegaConf messages carry a multi-line 'full_key/object_type' trailer: keep the informative part."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("object_type=", "reference_type=", "full_key:"))]
+    full_key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), "")
+    msg = " ".join(keep).split(" Config search path")[0] or type(err).__name__
+    return f"{msg} (key: {full_key})" if full_key and full_key not in msg else msg
+
+
+def compose(overrides: list[str], config_dir: Path | str | None = None) -> DictConfig:
+    """Compose configs/config.yaml with command-line overrides, validate, resolve; raise ConfigError on bad input."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    config_dir = Path(config_dir or CONFIG_DIR).resolve()
+    if not (config_dir / "config.yaml").is_file():
+        raise ConfigError(f"no config.yaml in {config_dir}")
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="tnl"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        schema = OmegaConf.structured(RootConfig)
+        cfg = OmegaConf.merge(schema, cfg)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_one_line(err)) from None
+    check(cfg)
+    return cfg
+
+
+def check(cfg: DictConfig) -> None:
+    """Range checks the types alone cannot express."""
+    t, o, d = cfg.trainer, cfg.optim, cfg.deepspeed
+    positive = {"trainer.max_steps": t.max_steps, "trainer.micro_batch_size": t.micro_batch_size,
+                "trainer.grad_accum": t.grad_accum, "trainer.seq_len": t.seq_len, "trainer.log_every": t.log_every,
+                "trainer.keep_last": t.keep_last, "trainer.max_bad_steps": t.max_bad_steps}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    for key in ("save_every", "eval_every", "eval_batches"):
+        if t[key] < 0:
+            raise ConfigError(f"trainer.{key} must be >= 0, got {t[key]}")
+    if d.stage not in (0, 1, 2, 3):
+        raise ConfigError(f"deepspeed.stage must be 0, 1, 2 or 3, got {d.stage}")
+    if d.precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ConfigError(f"deepspeed.precision must be auto, bf16, fp16 or fp32, got {d.precision!r}")
+    if (d.offload_param or d.zero_init) and d.stage != 3:
+        raise ConfigError("deepspeed.offload_param and deepspeed.zero_init need deepspeed.stage=3")
+    if d.offload_optimizer and d.stage < 2:
+        raise ConfigError("deepspeed.offload_optimizer needs deepspeed.stage=2 or 3")
+    if o.name != "adamw":
+        raise ConfigError(f"optim.name: only 'adamw' is implemented, got {o.name!r}")
+    if o.lr <= 0 or not 0 <= o.min_lr_ratio <= 1 or o.warmup_steps < 0 or len(o.betas) != 2:
+        raise ConfigError("optim: need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0 and two betas")
+    if cfg.logger.name not in ("none", "wandb", "tensorboard"):
+        raise ConfigError(f"logger.name must be none, wandb or tensorboard, got {cfg.logger.name!r}")
+    if t.progress not in ("auto", "bar", "log"):
+        raise ConfigError(f"trainer.progress must be auto, bar or log, got {t.progress!r}")
+    if "arch" not in cfg.model:
+        raise ConfigError("the model group has no 'arch' key: pick one with model=<name> (configs/model/)")
+
+
+def to_dict(node: Any) -> Any:
+    """A plain, resolved container (what tnl.models / tnl.data take)."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

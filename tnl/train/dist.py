@@ -1,0 +1,100 @@
+"""Process-group plumbing: who am I, start the group, wait for the others.
+
+Works the same under the `deepspeed` launcher, `torchrun` and a plain `python` process (world of one). The launchers
+export RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; without them a single process gets a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+
+import torch
+
+_LOCAL_RANK_ARG = re.compile(r"^--local[-_]rank(=\d+)?$")
+
+
+def strip_launcher_args(argv: list[str]) -> list[str]:
+    """Drop `--local_rank=N` (or `--local_rank N`) that the deepspeed launcher appends; Hydra would reject it."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        m = _LOCAL_RANK_ARG.match(arg)
+        if m:
+            skip = m.group(1) is None  # the value is the next argument
+            continue
+        out.append(arg)
+    return out
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env() -> DistEnv:
+    """Rank, local rank and world size from the launcher's environment (0, 0, 1 without a launcher)."""
+    get = lambda name, default: int(os.environ.get(name, default))
+    return DistEnv(rank=get("RANK", 0), local_rank=get("LOCAL_RANK", 0), world_size=get("WORLD_SIZE", 1))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init(device_type: str) -> DistEnv:
+    """Start the process group through DeepSpeed (NCCL on CUDA, gloo on CPU) and pin this rank's device."""
+    import deepspeed
+
+    e = env()
+    if e.world_size == 1:
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if device_type == "cuda":
+        torch.cuda.set_device(e.local_rank)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
+    return e
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def all_true(flag: bool, device: torch.device) -> bool:
+    """True when `flag` holds on every rank (one tiny all-reduce)."""
+    if not torch.distributed.is_initialized():
+        return flag
+    t = torch.tensor([0.0 if flag else 1.0], device=device)
+    torch.distributed.all_reduce(t)
+    return t.item() == 0.0
+
+
+def mean(value: float, device: torch.device) -> float:
+    """Average of a float over ranks."""
+    if not torch.distributed.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.item() / torch.distributed.get_world_size()
+
+
+def destroy() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

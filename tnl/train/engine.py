@@ -1,0 +1,120 @@
+"""One training session: model + AdamW + DeepSpeed engine + loaders + resume, wired to the Trainer loop."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import tnl
+from tnl.train import checkpoint, dist
+from tnl.train.config import ConfigError
+from tnl.train.metrics import build_sinks, peak_flops
+from tnl.train.optim import WarmupCosine, build_optimizer, deepspeed_config, resolve_precision
+from tnl.train.trainer import StepGate, Trainer, TrainState
+
+log = logging.getLogger("tnl.train")
+
+
+def build_model(model_cfg: dict, ds_config: dict | None = None, zero_init: bool = False) -> torch.nn.Module:
+    """tnl.models.build_model with config errors turned into one-line ConfigErrors; optionally ZeRO-3 partitioned."""
+    from tnl.models import build_model as build
+
+    try:
+        if zero_init:
+            with deepspeed.zero.Init(config_dict_or_path=ds_config):
+                return build(model_cfg)
+        return build(model_cfg)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ConfigError(f"model config: {err}") from None
+
+
+class Session:
+    def __init__(self, cfg: DictConfig, env: dist.DistEnv, device: torch.device, run_dir: Path, data_dir: Path,
+                 model_cfg: dict):
+        from tnl.data import PackedLoader
+
+        self.cfg, self.env, self.device, self.run_dir, self.data_dir = cfg, env, device, run_dir, data_dir
+        self.model_cfg = model_cfg
+        self.ckpt_dir = run_dir / "checkpoints"
+        t = cfg.trainer
+        self.precision = resolve_precision(cfg.deepspeed.precision, device.type)
+        self.ds_config = deepspeed_config(cfg, env.world_size, self.precision)
+
+        from tnl.train.run import seed_everything
+
+        seed_everything(cfg.seed, device.type, t.deterministic)
+        model = build_model(model_cfg, self.ds_config, cfg.deepspeed.zero_init)
+        self.flops_per_token = float(model.flops_per_token(t.seq_len))
+        optimizer = build_optimizer(model, cfg.optim, device.type, cpu_offload=cfg.deepspeed.offload_optimizer)
+        gate = StepGate(optimizer, device)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config,
+                                               dist_init_required=False)
+        log.info("model %s: %s parameters, %.3g training FLOPs/token at seq_len %d; ZeRO-%d %s on %d x %s",
+                 model_cfg["arch"], f"{sum(p.numel() for p in model.parameters()):,}", self.flops_per_token,
+                 t.seq_len, cfg.deepspeed.stage, self.precision, env.world_size, device.type)
+
+        loader_kw = dict(rank=env.rank, world_size=env.world_size, seed=cfg.seed, cu_seqlens=t.cu_seqlens)
+        train_loader = PackedLoader(data_dir, "train", t.seq_len, t.micro_batch_size, **loader_kw)
+        make_val = None
+        if t.eval_every:
+            make_val = lambda: PackedLoader(data_dir, "val", t.seq_len, t.micro_batch_size, **loader_kw)
+        self.trainer = Trainer(engine=self.engine, gate=gate, train_loader=train_loader, make_val_loader=make_val,
+                               schedule=WarmupCosine(cfg.optim.lr, cfg.optim.warmup_steps, t.max_steps,
+                                                     cfg.optim.min_lr_ratio),
+                               cfg=cfg, device=device, world_size=env.world_size,
+                               flops_per_token=self.flops_per_token, peak_flops=peak_flops(device, t.peak_flops),
+                               on_save=self.save)
+        self.resume()
+        if env.is_main:
+            self.trainer.callbacks = build_sinks(run_dir, cfg, self.trainer.state.step,
+                                                 OmegaConf.to_container(cfg, resolve=True))
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def meta(self, state: TrainState) -> dict[str, Any]:
+        return {"step": state.step, "tokens": state.tokens, "skipped": state.skipped, "model": self.model_cfg,
+                "world_size": self.env.world_size, "zero_stage": self.cfg.deepspeed.stage,
+                "precision": self.precision, "seq_len": self.cfg.trainer.seq_len, "data_dir": str(self.data_dir),
+                "tnl_version": tnl.__version__}
+
+    def save(self, trainer: Trainer, fault_hook=None) -> str:
+        state = trainer.state
+        rank_state = {"trainer": state.state_dict(), "loader": trainer.train_loader.state_dict(),
+                      "rng": checkpoint.rng_state()}
+        tag = checkpoint.save(self.engine, self.ckpt_dir, state.step, rank_state, self.meta(state),
+                              self.cfg.trainer.keep_last, self.env.rank, fault_hook=fault_hook)
+        log.info("checkpoint %s saved", self.ckpt_dir / tag)
+        return tag
+
+    def resume(self) -> None:
+        if self.env.is_main:
+            checkpoint.clean_partial(self.ckpt_dir)
+        dist.barrier()
+        tag = checkpoint.latest_tag(self.ckpt_dir)
+        if tag is None:
+            return
+        meta = checkpoint.read_meta(self.ckpt_dir, tag)
+        checkpoint.check_compatible(meta, self.model_cfg, self.env.world_size, self.cfg.deepspeed.stage,
+                                    self.ckpt_dir / tag)
+        rank_state = checkpoint.load(self.engine, self.ckpt_dir, tag, self.env.rank)
+        self.trainer.state.load_state_dict(rank_state["trainer"])
+        try:
+            self.trainer.train_loader.load_state_dict(rank_state["loader"])
+        except ValueError as err:
+            raise checkpoint.CheckpointError(f"checkpoint {self.ckpt_dir / tag}: {err}") from None
+        checkpoint.set_rng_state(rank_state["rng"])
+        log.info("resumed from %s (step %d)", self.ckpt_dir / tag, self.trainer.state.step)
+
+    # -- run ------------------------------------------------------------------------------------------------------
+    def train(self) -> int:
+        if self.trainer.state.step >= self.cfg.trainer.max_steps:
+            log.info("run_dir %s is already trained to step %d", self.run_dir, self.trainer.state.step)
+            return self.trainer.state.step
+        return self.trainer.fit().step
+
+    def close(self) -> None:
+        self.trainer.close()

@@ -1,0 +1,169 @@
+"""Putting a run together: config -> (dry run | data, model, DeepSpeed engine, resume, loop, final checkpoint, export).
+
+scripts/train.py composes the config and calls `main(cfg)`; every piece is a function here so tests reach it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tnl.train import dist
+from tnl.train.config import ConfigError, to_dict
+
+log = logging.getLogger("tnl.train")
+
+
+class SetupError(ValueError):
+    """Missing or inconsistent inputs found before training starts (data, tokenizer, vocab)."""
+
+
+def setup_logging(rank: int) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"[%(asctime)s rank{rank}] %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr, force=True)
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def dry_run(cfg: DictConfig) -> int:
+    """Print parameters=<int> (meta device, nothing allocated) and the resolved config."""
+    from tnl.models import count_parameters
+
+    n = count_parameters(to_dict(cfg.model))
+    print(f"parameters={n}")
+    print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+    return n
+
+
+def seed_everything(seed: int, device_type: str, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device_type == "cpu" or deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if device_type == "cuda" and deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _on_rank0_then_share(fn, rank: int) -> Any:
+    """Run fn() on rank 0 while the others wait; a failure there becomes the same SetupError on every rank."""
+    result, message = None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except (ValueError, OSError) as err:
+            message = str(err)
+    if torch.distributed.is_initialized():
+        box = [message]
+        torch.distributed.broadcast_object_list(box, src=0)
+        message = box[0]
+    if message is not None:
+        raise SetupError(message if rank == 0 else "rank 0 failed preparing data (see its error)")
+    return result
+
+
+def prepare_data(cfg: DictConfig, rank: int) -> Path:
+    """The prepared data dir; rank 0 builds tokenizer + shards on first use while the other ranks wait."""
+    import tnl.data
+
+    data_cfg = to_dict(cfg.data)
+
+    def build():
+        if not tnl.data.is_prepared(data_cfg):
+            log.info("data %r is not prepared in %s: preparing it now (first use)", data_cfg.get("name"),
+                     data_cfg.get("dir"))
+        return tnl.data.prepare(data_cfg)
+
+    _on_rank0_then_share(build, rank)
+    try:
+        return Path(tnl.data.prepare(data_cfg))  # up to date now: a no-op on every rank
+    except (ValueError, OSError) as err:
+        raise SetupError(str(err)) from None
+
+
+def check_vocab(data_dir: Path, model_cfg: dict) -> None:
+    import tnl.data
+
+    tok = tnl.data.load_tokenizer(data_dir)
+    if tok.vocab_size > model_cfg["vocab_size"]:
+        raise SetupError(f"the tokenizer in {data_dir} has {tok.vocab_size} tokens but the model's vocab_size is "
+                         f"{model_cfg['vocab_size']}: set data.vocab_size<={model_cfg['vocab_size']} or pick a model "
+                         "with a larger vocab")
+
+
+def write_config(cfg: DictConfig, run_dir: Path) -> None:
+    tmp = run_dir / "config.yaml.tmp"
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.replace(run_dir / "config.yaml")
+
+
+def main(cfg: DictConfig) -> int:
+    """Train (or resume) per cfg; returns the final step."""
+    if cfg.trainer.dry_run:
+        dry_run(cfg)
+        return 0
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    env = dist.env()
+    setup_logging(env.rank)
+    if device_type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+    env = dist.init(device_type)
+    device = torch.device(device_type, env.local_rank) if device_type == "cuda" else torch.device("cpu")
+    run_dir = Path(cfg.run_dir)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, run_dir)
+    data_dir = prepare_data(cfg, env.rank)
+    model_cfg = to_dict(cfg.model)
+    check_vocab(data_dir, model_cfg)
+    from tnl.train.engine import Session  # heavy imports (deepspeed) only past the dry run
+
+    session = Session(cfg, env, device, run_dir, data_dir, model_cfg)
+    try:
+        step = session.train()
+        if cfg.trainer.export_hf and step >= cfg.trainer.max_steps:
+            dist.barrier()
+            if env.is_main:
+                from tnl.train.export import export_run
+
+                export_run(run_dir)
+            dist.barrier()
+    finally:
+        session.close()
+        dist.destroy()
+    return step
+
+
+def cli(argv: list[str]) -> int:
+    """Entry point of scripts/train.py: argv are Hydra overrides; errors become one line on stderr."""
+    from tnl.train.checkpoint import CheckpointError
+    from tnl.train.config import compose
+    from tnl.train.trainer import NonFiniteError
+
+    argv = dist.strip_launcher_args(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: [deepspeed|torchrun|python] scripts/train.py [key=value ...]\n"
+              "  groups: model= data= optim= deepspeed=zero0|zero1|zero2|zero3 logger=none|wandb|tensorboard "
+              "experiment=\n  e.g. model=tnl_385m data=gutenberg trainer.max_steps=1000 run_dir=runs/x "
+              "trainer.dry_run=true")
+        return 0
+    try:
+        cfg = compose(argv)
+        main(cfg)
+    except (ConfigError, SetupError, CheckpointError, NonFiniteError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; re-run the same command to resume from the latest checkpoint", file=sys.stderr)
+        return 130
+    return 0

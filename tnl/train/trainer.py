@@ -1,0 +1,184 @@
+"""The training loop: a short list of steps; metrics, checkpoints and loggers hang off it as callbacks.
+
+One optimizer step = grad_accum micro batches through the DeepSpeed engine. A step whose loss (on any rank) or
+gradients are not finite is not applied and is counted; max_bad_steps of them in a row abort the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tnl.train import dist
+from tnl.train.metrics import Throughput, mfu
+
+log = logging.getLogger("tnl.train")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive optimizer steps with a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainState:
+    """Counters that are checkpointed with the engine (the LR schedule is a function of `step`)."""
+
+    step: int = 0  # optimizer steps done (applied or skipped)
+    tokens: int = 0  # training tokens consumed, all ranks
+    skipped: int = 0  # steps not applied because of a non-finite loss/gradient
+    bad_in_a_row: int = 0
+
+    def state_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.__dict__.update(sd)
+
+
+class StepGate:
+    """Lets the trainer veto the optimizer update of a step, whatever DeepSpeed wrapper calls the inner optimizer.
+
+    DeepSpeed calls the client optimizer's step() at the accumulation boundary (per parameter group for ZeRO-1/2);
+    the gate drops that call when the trainer saw a non-finite loss, or when this rank's gradients (after DeepSpeed's
+    reduction and clipping) are not finite on any rank.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device):
+        self.optimizer, self.device = optimizer, device
+        self.veto = False
+        self.vetoed = False
+        inner = optimizer.step
+
+        def gated_step(opt, *args, **kwargs):
+            finite = all(bool(torch.isfinite(p.grad).all()) for g in opt.param_groups for p in g["params"]
+                         if p.grad is not None)
+            if self.veto or not dist.all_true(finite, self.device):
+                self.vetoed = True
+                return None
+            return inner(*args, **kwargs)
+
+        optimizer.step = types.MethodType(gated_step, optimizer)
+
+
+@dataclass
+class Trainer:
+    engine: Any  # deepspeed.DeepSpeedEngine
+    gate: StepGate
+    schedule: Any  # WarmupCosine
+    train_loader: Any  # tnl.data.PackedLoader
+    make_val_loader: Any  # () -> finite iterable of batches, or None
+    cfg: Any  # the root config
+    device: torch.device
+    world_size: int
+    flops_per_token: float
+    peak_flops: float | None
+    callbacks: list = field(default_factory=list)  # objects with on_log(step, record) / close()
+    on_save: Any = None  # (trainer) -> None, called every save_every steps and at the end
+    state: TrainState = field(default_factory=TrainState)
+
+    def __post_init__(self):
+        t = self.cfg.trainer
+        self.tokens_per_step = t.micro_batch_size * t.grad_accum * t.seq_len * self.world_size
+        self.batches = iter(self.train_loader)
+        self.throughput = Throughput()
+
+    # -- one step -------------------------------------------------------------------------------------------------
+    def _forward(self, batch: dict) -> torch.Tensor:
+        ids = batch["input_ids"].to(self.device, non_blocking=True)
+        targets = batch["targets"].to(self.device, non_blocking=True)
+        cu = batch.get("cu_seqlens")
+        if cu is not None:  # documents packed into one row: (B, T) -> (1, B*T)
+            ids, targets, cu = ids.reshape(1, -1), targets.reshape(1, -1), cu.to(self.device)
+        return self.engine(ids, targets=targets, cu_seqlens=cu).loss
+
+    def train_step(self) -> dict:
+        """grad_accum forward/backward passes and (unless vetoed) one optimizer update; returns the step's record."""
+        lr = self.schedule.apply(self.gate.optimizer, self.state.step)
+        self.gate.veto, self.gate.vetoed = False, False
+        losses = []
+        self.engine.train()
+        for micro in range(self.cfg.trainer.grad_accum):
+            loss = self._forward(next(self.batches))
+            losses.append(loss.detach().float())
+            if micro == self.cfg.trainer.grad_accum - 1:  # decide before the boundary step applies the update
+                self.gate.veto = not dist.all_true(bool(torch.isfinite(torch.stack(losses)).all()), self.device)
+            self.engine.backward(loss)
+            self.engine.step()
+        loss = dist.mean(torch.stack(losses).mean().item(), self.device)
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else None
+        finite_norm = grad_norm is None or math.isfinite(grad_norm)
+        skipped = self.gate.vetoed or not math.isfinite(loss) or not finite_norm
+        self.state.step += 1
+        self.state.tokens += self.tokens_per_step
+        if skipped:
+            self.state.skipped += 1
+            self.state.bad_in_a_row += 1
+            log.warning("step %d skipped: loss %s, grad_norm %s (%d skipped so far)", self.state.step, loss, grad_norm,
+                        self.state.skipped)
+            if self.state.bad_in_a_row >= self.cfg.trainer.max_bad_steps:
+                raise NonFiniteError(f"{self.state.bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                                     f"(last: step {self.state.step}, loss {loss}, grad_norm {grad_norm}); "
+                                     "lower optim.lr, check the data, or resume from an earlier checkpoint")
+        else:
+            self.state.bad_in_a_row = 0
+        return {"step": self.state.step, "tokens": self.state.tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "skipped": self.state.skipped}
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean validation loss over up to eval_batches micro batches per rank (all ranks step together)."""
+        if self.make_val_loader is None:
+            return None
+        self.engine.eval()
+        limit = self.cfg.trainer.eval_batches or None
+        total, count = 0.0, 0
+        it = iter(self.make_val_loader())
+        while limit is None or count < limit:
+            batch = next(it, None)
+            if not dist.all_true(batch is not None, self.device):  # ZeRO-3 needs every rank in each forward
+                break
+            total += self._forward(batch).float().item()
+            count += 1
+        self.engine.train()
+        if count == 0:
+            return None
+        return dist.mean(total / count, self.device)
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+    def fit(self) -> TrainState:
+        t = self.cfg.trainer
+        stop = min(t.max_steps, t.stop_at_step or t.max_steps)
+        self.throughput.reset(self.state.tokens)
+        start = time.perf_counter()
+        while self.state.step < stop:
+            record = self.train_step()
+            step = record["step"]
+            evaluated = t.eval_every and (step % t.eval_every == 0 or step == t.max_steps)
+            if evaluated:
+                record["val_loss"] = self.evaluate()
+            if evaluated or step % t.log_every == 0 or step == stop:
+                tps = self.throughput.rate(self.state.tokens)
+                record["tokens_per_s"] = tps
+                record["mfu"] = mfu(self.flops_per_token, tps, self.peak_flops, self.world_size)
+                for cb in self.callbacks:
+                    cb.on_log(step, record)
+            if self.on_save is not None and ((t.save_every and step % t.save_every == 0) or step == stop):
+                self.on_save(self)
+                self.throughput.reset(self.state.tokens)  # keep checkpoint time out of tokens/s
+        log.info("trained to step %d in %.1fs (%d skipped)", self.state.step, time.perf_counter() - start,
+                 self.state.skipped)
+        return self.state
+
+    def close(self) -> None:
+        for cb in self.callbacks:
+            close = getattr(cb, "close", None)
+            if close is not None:
+                close()
