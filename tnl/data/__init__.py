@@ -9,7 +9,7 @@
 
 from tnl.data.config import DataConfig, DataError
 from tnl.data.loader import PackedLoader, cu_seqlens_of
-from tnl.data.prepare import is_prepared, prepare, read_manifest
+from tnl.data.pipeline import is_prepared, prepare, read_manifest
 from tnl.data.tokenizer import Tokenizer, hf_tokenizer_dir, load_tokenizer
 
 __all__ = [

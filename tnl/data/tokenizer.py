@@ -23,6 +23,7 @@ MODEL_FILE = "tokenizer.model"
 HF_DIR = "hf_tokenizer"
 SPECIALS = {"unk": "<unk>", "bos": "<s>", "eos": "</s>", "pad": "<pad>"}
 _MAX_LINE = 4096  # characters per training "sentence"; longer lines are cut into pieces
+_TRAIN_THREADS = 4
 
 
 def sample_lines(docs: Iterable[str], k: int, seed: int) -> list[str]:
@@ -68,8 +69,9 @@ def _lines(docs: Iterable[str]) -> Iterator[str]:
                     yield line[j : j + _MAX_LINE]
 
 
-def train_tokenizer(lines: list[str], out_path: str | os.PathLike, vocab_size: int, num_threads: int = 1) -> None:
-    """Train a SentencePiece BPE model on `lines` and write it atomically to `out_path`."""
+def train_tokenizer(lines: list[str], out_path: str | os.PathLike, vocab_size: int) -> None:
+    """Train a SentencePiece BPE model on `lines` and write it atomically to `out_path`. The thread count is fixed
+    (it is stored in the model file): the same lines give the same bytes on any machine."""
     import sentencepiece as spm
 
     if not lines:
@@ -91,7 +93,7 @@ def train_tokenizer(lines: list[str], out_path: str | os.PathLike, vocab_size: i
             max_sentence_length=4 * _MAX_LINE,
             unk_id=0, bos_id=1, eos_id=2, pad_id=3,
             unk_piece=SPECIALS["unk"], bos_piece=SPECIALS["bos"], eos_piece=SPECIALS["eos"], pad_piece=SPECIALS["pad"],
-            num_threads=max(1, num_threads),
+            num_threads=_TRAIN_THREADS,
             minloglevel=2,
         )
     except RuntimeError as e:

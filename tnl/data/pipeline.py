@@ -190,7 +190,7 @@ def _build(plan: _Plan, force: bool) -> None:
             t = time.perf_counter()
             docs = (d for p in paths for d in iter_documents(p, text_field, c.doc_separator))
             lines = sample_lines(docs, c.tokenizer_train_lines, c.seed)
-            train_tokenizer(lines, model, c.vocab_size, _workers(c))
+            train_tokenizer(lines, model, c.vocab_size)
             log.info("trained a %d-token BPE tokenizer on %d sampled lines in %.1fs",
                      c.vocab_size, len(lines), time.perf_counter() - t)
         save_hf_tokenizer(model, out / HF_DIR)
@@ -371,7 +371,9 @@ def _run(jobs, init, n_workers: int):
         _init_worker(*init)
         yield from map(_encode, jobs)
         return
-    ctx = mp.get_context("spawn")  # the caller may hold torch threads or CUDA: never fork it
+    # fork: workers only run SentencePiece + numpy and never touch torch/CUDA state inherited from a training
+    # process; spawn would re-import tnl (torch + transformers) in every worker, seconds each.
+    ctx = mp.get_context("fork")
     with ctx.Pool(n_workers, initializer=_init_worker, initargs=init) as pool:
         pending: collections.deque = collections.deque()
         for job in jobs:
