@@ -82,9 +82,10 @@ def _write(model: nn.Module, tmp: Path) -> None:
     args: ModelArgs = getattr(model, "args", None)
     if not isinstance(args, ModelArgs):
         raise TypeError(f"export_pretrained needs a tnl.models model (TnlLM / LlamaLM), got {type(model).__name__}")
-    sd = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    sd = model.state_dict()
     if any(v.is_meta for v in sd.values()):
         raise ValueError("export_pretrained: the model has weights on the meta device (nothing to export)")
+    sd = {k: v.detach().to("cpu") for k, v in sd.items()}
     if args.arch == "tnl":
         from tnl.hf.modeling_tnl import TnlForCausalLM
 

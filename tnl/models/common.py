@@ -29,12 +29,14 @@ def init_normal(module: nn.Module, std: float) -> None:
 
 
 def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight).float()
+    logits = F.linear(hidden, weight)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def lm_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Mean next-token cross-entropy of `hidden @ weight.T` against `targets` (-100 = ignore), in fp32.
+    """Mean next-token cross-entropy of `hidden @ weight.T` against `targets` (-100 = ignore), in fp32 (fp64 in).
 
     The tokens are processed `chunk_size` at a time and each chunk is recomputed in backward, so the (tokens, vocab)
     logits of a long sequence never exist all at once (64000 x 16K tokens would be 4 GB in fp32).
@@ -43,7 +45,7 @@ def lm_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
     count = (t != IGNORE_INDEX).sum()
-    total = h.new_zeros((), dtype=torch.float32)
+    total = h.new_zeros((), dtype=torch.float64 if h.dtype == torch.float64 else torch.float32)
     for s in range(0, h.shape[0], chunk_size):
         hs, ts = h[s:s + chunk_size], t[s:s + chunk_size]
         if torch.is_grad_enabled() and (hs.requires_grad or weight.requires_grad):
