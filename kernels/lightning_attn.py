@@ -10,19 +10,8 @@ import torch
 import triton
 
 from .la2_bwd import la2_bwd_dqkv_kernel, la2_bwd_dstate_kernel
+from .la2_config import get_config
 from .la2_fwd import la2_fwd_out_kernel, la2_fwd_state_kernel
-
-
-def _config(D: int, E: int) -> dict:
-    """Block sizes per head-dim class. BT is the chunk length (also the state-snapshot interval)."""
-    BD = max(16, triton.next_power_of_2(D))
-    bt = 64 if BD <= 128 else 32
-    return dict(
-        BT=bt,
-        BD=BD,
-        BK=min(64, BD),  # D tile of the state passes and of the output pass
-        BV=min(64, max(16, triton.next_power_of_2(E))),  # E tile
-    )
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -31,7 +20,7 @@ def _prec(dtype: torch.dtype) -> str:
 
 
 def _chunk_tables(cu_seqlens: torch.Tensor, BT: int):
-    """(chunk_offsets (N,) int32: first chunk of each sequence, chunk_indices (C, 2) int32: (sequence, chunk))."""
+    """(chunk_offsets (N,) int32: first chunk of each sequence, chunk_indices (C, 2) int32: (sequence, chunk), C)."""
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     nchunks = (lens + BT - 1) // BT
     offsets = torch.zeros_like(nchunks)
@@ -47,88 +36,97 @@ def _strides(x: torch.Tensor):
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-class _Plan:
-    """Shapes, block sizes and chunk tables of one call, shared by forward and backward."""
+def _launch(kernel, grid, args, kwargs, num_warps, num_stages):
+    """Launch; if the compiled kernel needs more shared memory than the GPU has, retry with one stage."""
+    try:
+        kernel[grid](*args, **kwargs, num_warps=num_warps, num_stages=num_stages)
+    except triton.runtime.errors.OutOfResources:
+        if num_stages == 1:
+            raise
+        kernel[grid](*args, **kwargs, num_warps=num_warps, num_stages=1)
 
-    def __init__(self, q, v, cu_seqlens):
+
+class _Plan:
+    """Shapes, configs and chunk tables of one call, shared by forward and backward."""
+
+    def __init__(self, q, v, cu_seqlens, override=None):
         self.B, self.T, self.H, self.D = q.shape
         self.E = v.shape[-1]
-        self.cfg = _config(self.D, self.E)
-        BT = self.cfg["BT"]
         self.varlen = cu_seqlens is not None
-        if self.varlen:
-            self.N = cu_seqlens.numel() - 1
-            self.offsets, self.indices, self.chunks = _chunk_tables(cu_seqlens, BT)
-            self.grid_bh = self.H
-        else:
-            self.N = self.B
-            self.offsets = self.indices = None
-            self.chunks = self.B * triton.cdiv(self.T, BT)
-            self.grid_bh = self.B * self.H
-        self.chunks_per_row = self.chunks if self.varlen else triton.cdiv(self.T, BT)
+        self.cu_seqlens = cu_seqlens
+        self.N = cu_seqlens.numel() - 1 if self.varlen else self.B
+        self.grid_bh = self.H if self.varlen else self.B * self.H
+        self.cfg = get_config(self.D, self.E, q.dtype, self.N * self.H, override)
+        self._tables = {}
+
+    def chunks(self, BT):
+        """(chunk_offsets, chunk_indices, number of chunks, output-grid size along chunks) for chunk length BT."""
+        if BT not in self._tables:
+            if self.varlen:
+                off, idx, total = _chunk_tables(self.cu_seqlens, BT)
+                self._tables[BT] = (off, idx, total, total)
+            else:
+                nt = triton.cdiv(self.T, BT)
+                self._tables[BT] = (None, None, self.B * nt, nt)
+        return self._tables[BT]
 
 
-def _state_pass(plan, k, v, slope, h0, store_h, store_ht, cu_seqlens, h_dtype):
-    c = plan.cfg
-    h = torch.empty((plan.chunks, plan.H, plan.D, plan.E), dtype=h_dtype, device=k.device) if store_h else None
+def _state_pass(plan, c, k, v, slope, h0, store_ht, cu_seqlens, h_dtype):
+    """Chunk states h (chunks, H, D, E) in h_dtype, and the final states (fp32) if store_ht."""
+    offsets, _, chunks, _ = plan.chunks(c["BT"])
+    h = torch.empty((chunks, plan.H, plan.D, plan.E), dtype=h_dtype, device=k.device)
     ht = torch.empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32, device=k.device) if store_ht else None
     grid = (plan.N * plan.H, triton.cdiv(plan.D, c["BK"]), triton.cdiv(plan.E, c["BV"]))
-    la2_fwd_state_kernel[grid](
-        k, v, h, h0, ht, slope, cu_seqlens, plan.offsets,
-        *_strides(k), *_strides(v),
-        plan.T, plan.H, plan.D, plan.E, c["BT"], c["BK"], c["BV"],
-        HAS_DECAY=slope is not None, USE_H0=h0 is not None, STORE_HT=store_ht, STORE_H=store_h,
-        IS_VARLEN=plan.varlen, PREC=_prec(k.dtype),
-    )
+    args = (k, v, h, h0, ht, slope, cu_seqlens, offsets, *_strides(k), *_strides(v),
+            plan.T, plan.H, plan.D, plan.E, c["BT"], c["BK"], c["BV"])
+    kwargs = dict(HAS_DECAY=slope is not None, USE_H0=h0 is not None, STORE_HT=store_ht, STORE_H=True,
+                  IS_VARLEN=plan.varlen, PREC=_prec(k.dtype))
+    _launch(la2_fwd_state_kernel, grid, args, kwargs, c["warps_s"], c["stages_s"])
     return h, ht
 
 
 def _forward(plan, q, k, v, slope, h0, output_final_state, cu_seqlens):
-    c = plan.cfg
-    h, ht = _state_pass(plan, k, v, slope, h0, True, output_final_state, cu_seqlens, q.dtype)
+    c = plan.cfg["fwd"]
+    h, ht = _state_pass(plan, c, k, v, slope, h0, output_final_state, cu_seqlens, q.dtype)
+    _, indices, _, grid_t = plan.chunks(c["BT"])
     o = torch.empty((plan.B, plan.T, plan.H, plan.E), dtype=q.dtype, device=q.device)
-    grid = (plan.chunks_per_row, triton.cdiv(plan.E, c["BV"]), plan.grid_bh)
-    la2_fwd_out_kernel[grid](
-        q, k, v, h, o, slope, cu_seqlens, plan.indices,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        plan.T, plan.H, plan.D, plan.E, c["BT"], c["BK"], c["BV"],
-        HAS_DECAY=slope is not None, IS_VARLEN=plan.varlen, PREC=_prec(q.dtype),
-    )
+    grid = (grid_t, triton.cdiv(plan.E, c["BVO"]), plan.grid_bh)
+    args = (q, k, v, h, o, slope, cu_seqlens, indices, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+            plan.T, plan.H, plan.D, plan.E, c["BT"], c["BKO"], c["BVO"])
+    kwargs = dict(HAS_DECAY=slope is not None, IS_VARLEN=plan.varlen, PREC=_prec(q.dtype))
+    _launch(la2_fwd_out_kernel, grid, args, kwargs, c["warps_o"], c["stages_o"])
     return o, ht
 
 
 def _backward(plan, q, k, v, slope, h0, do, dht, cu_seqlens, need_dh0):
-    c = plan.cfg
-    h, _ = _state_pass(plan, k, v, slope, h0, True, False, cu_seqlens, q.dtype)
-    dh = torch.empty((plan.chunks, plan.H, plan.D, plan.E), dtype=q.dtype, device=q.device)
+    c = plan.cfg["bwd"]
+    h, _ = _state_pass(plan, c, k, v, slope, h0, False, cu_seqlens, q.dtype)
+    offsets, indices, chunks, grid_t = plan.chunks(c["BT"])
+    dh = torch.empty((chunks, plan.H, plan.D, plan.E), dtype=q.dtype, device=q.device)
     dh0 = torch.empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32, device=q.device) if need_dh0 else None
     grid = (plan.N * plan.H, triton.cdiv(plan.D, c["BK"]), triton.cdiv(plan.E, c["BV"]))
-    la2_bwd_dstate_kernel[grid](
-        q, do, dh, dht, dh0, slope, cu_seqlens, plan.offsets,
-        *_strides(q), *_strides(do),
-        plan.T, plan.H, plan.D, plan.E, c["BT"], c["BK"], c["BV"],
-        HAS_DECAY=slope is not None, USE_DHT=dht is not None, STORE_DH0=need_dh0,
-        IS_VARLEN=plan.varlen, PREC=_prec(q.dtype),
-    )
+    args = (q, do, dh, dht, dh0, slope, cu_seqlens, offsets, *_strides(q), *_strides(do),
+            plan.T, plan.H, plan.D, plan.E, c["BT"], c["BK"], c["BV"])
+    kwargs = dict(HAS_DECAY=slope is not None, USE_DHT=dht is not None, STORE_DH0=need_dh0,
+                  IS_VARLEN=plan.varlen, PREC=_prec(q.dtype))
+    _launch(la2_bwd_dstate_kernel, grid, args, kwargs, c["warps_s"], c["stages_s"])
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    grid = (plan.chunks_per_row, 1, plan.grid_bh)
-    la2_bwd_dqkv_kernel[grid](
-        q, k, v, do, h, dh, dq, dk, dv, slope, cu_seqlens, plan.indices,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do),
-        *_strides(dq), *_strides(dk), *_strides(dv),
-        plan.T, plan.H, plan.D, plan.E, c["BT"], c["BD"], c["BV"],
-        HAS_DECAY=slope is not None, IS_VARLEN=plan.varlen, PREC=_prec(q.dtype),
-        num_warps=8 if c["BD"] >= 128 else 4,
-    )
+    grid = (grid_t, 1, plan.grid_bh)
+    BD = max(16, triton.next_power_of_2(plan.D))
+    args = (q, k, v, do, h, dh, dq, dk, dv, slope, cu_seqlens, indices,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq), *_strides(dk), *_strides(dv),
+            plan.T, plan.H, plan.D, plan.E, c["BT"], BD, c["BVB"])
+    kwargs = dict(HAS_DECAY=slope is not None, IS_VARLEN=plan.varlen, PREC=_prec(q.dtype))
+    _launch(la2_bwd_dqkv_kernel, grid, args, kwargs, c["warps_b"], c["stages_b"])
     return dq, dk, dv, dh0
 
 
 class LightningAttnFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, slope, initial_state, output_final_state, cu_seqlens):
-        plan = _Plan(q, v, cu_seqlens)
+    def forward(ctx, q, k, v, slope, initial_state, output_final_state, cu_seqlens, config):
+        plan = _Plan(q, v, cu_seqlens, config)
         o, ht = _forward(plan, q, k, v, slope, initial_state, output_final_state, cu_seqlens)
         ctx.save_for_backward(q, k, v, slope, initial_state, cu_seqlens)
         ctx.plan = plan
@@ -145,10 +143,11 @@ class LightningAttnFunction(torch.autograd.Function):
             dht = dht.float().contiguous()
         need_dh0 = h0 is not None and ctx.needs_input_grad[4]
         dq, dk, dv, dh0 = _backward(ctx.plan, q, k, v, slope, h0, do, dht, cu_seqlens, need_dh0)
-        return dq, dk, dv, None, dh0, None, None
+        return dq, dk, dv, None, dh0, None, None, None
 
 
-def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_state=False, cu_seqlens=None):
+def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_state=False, cu_seqlens=None, *,
+                          config=None):
     """Lightning Attention-2 (Contract 1 of DESIGN.md) through the Triton kernels.
 
     q, k: (B, T, H, D); v: (B, T, H, E); same dtype (bf16/fp16/fp32), unit stride on the last dim.
@@ -157,6 +156,7 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
     cu_seqlens: None or int32 (N+1,) document offsets packed along T (B == 1); the state resets at each boundary.
     Returns (o with v's shape and q's dtype, final_state float32 (N, H, D, E) or None).
     Differentiable in q, k, v and initial_state. Expects inputs already validated by tnl.ops.
+    config: optional {"fwd": {...}, "bwd": {...}} overriding block sizes (see la2_config; used by the tuner).
     """
     if slope is not None:
         slope = slope.float().contiguous()
@@ -164,4 +164,4 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
         initial_state = initial_state.float().contiguous()
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
-    return LightningAttnFunction.apply(q, k, v, slope, initial_state, bool(output_final_state), cu_seqlens)
+    return LightningAttnFunction.apply(q, k, v, slope, initial_state, bool(output_final_state), cu_seqlens, config)

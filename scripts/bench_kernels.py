@@ -114,6 +114,8 @@ def main(argv=None):
     p.add_argument("--dim-sweep-T", type=int, default=4096)
     p.add_argument("--packed-mean-len", type=int, default=2048, help="tnl/fla with cu_seqlens at T=tokens; 0: skip")
     p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--dim-impls", default="tnl,sdpa_flash,lightning_attn",
+                   help="implementations in the head-dim sweep (fla autotunes anew for every head dim: slow)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--tag", default="", help="suffix for the output file names")
@@ -123,6 +125,7 @@ def main(argv=None):
         return 2
     dtype = getattr(torch, args.dtype)
     impls = [s for s in args.impls.split(",") if s]
+    dim_impls = [s for s in args.dim_impls.split(",") if s and s in impls]
     H = args.heads
     shapes = [("seq", T, 128) for T in map(int, args.seq_lens.split(","))]
     shapes += [("dim", args.dim_sweep_T, d) for d in map(int, args.head_dims.split(",")) if d]
@@ -146,7 +149,7 @@ def main(argv=None):
         if kind == "packed":
             B, cu = 1, packed_cu_seqlens(T, args.packed_mean_len)
         for name in impls:
-            if kind == "packed" and name not in ("tnl", "fla"):
+            if (kind == "packed" and name not in ("tnl", "fla")) or (kind == "dim" and name not in dim_impls):
                 continue
             row = {"kind": kind, "impl": name, "B": B, "T": T, "H": H, "D": Dh, "E": Dh}
             if cu is not None:

@@ -149,3 +149,20 @@ def test_srms_norm(dtype):
     tol = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
     assert rel(y, yr) < tol
     assert rel(x.grad, xr.grad) < tol
+
+
+# Block-size variants the tuner (benchmarks/tune_la2.py) may pick: each must compute the same function.
+CONFIGS = {
+    "bt128_wide_out": {"fwd": {"BT": 128, "BK": 32, "BV": 16, "BKO": 16, "BVO": 64}, "bwd": {"BT": 128, "BVB": 16}},
+    "bt32_small_tiles": {"fwd": {"BT": 32, "BK": 16, "BV": 32, "BKO": 32, "BVO": 16},
+                         "bwd": {"BT": 32, "BK": 16, "BV": 16, "BVB": 32}},
+    "bt16": {"fwd": {"BT": 16}, "bwd": {"BT": 16}},
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_lightning_attn_block_configs(name, monkeypatch):
+    q, k, v, slope, h0, cu, g = make_inputs(1, 150, 2, 32, 48, torch.float32, True, True, [0, 1, 99, 100, 150], 21)
+    real = tnl_kernels.lightning_attn_triton
+    monkeypatch.setattr(tnl_kernels, "lightning_attn_triton", lambda *a: real(*a, config=CONFIGS[name]))
+    check(q, k, v, slope, h0, cu, g)

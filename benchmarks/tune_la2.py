@@ -1,0 +1,118 @@
+"""Tune the LA2 block sizes on this GPU and write kernels/la2_tuned.json (read by tnl_kernels.la2_config).
+
+For each shape class (few / mid / many (sequence, head) pairs at a fixed token count), time candidate forward
+configs (forward alone), keep the best, then candidate backward configs (forward + backward), keep the best. The
+winner is checked against the heuristic config's output (same function, bf16 rounding only). Every timing goes to
+a JSON log. Run on the GPU the numbers are for:
+
+    python benchmarks/tune_la2.py --out kernels/la2_tuned.json --log benchmarks/results/tune_la2.json
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+FWD = [
+    {},
+    {"BVO": 128, "warps_o": 8},
+    {"BT": 128, "BVO": 64, "warps_o": 8},
+    {"BT": 128, "BVO": 128, "warps_o": 8},
+    {"BT": 128, "BKO": 128, "BVO": 128, "warps_o": 8},
+    {"BT": 128, "BVO": 128, "warps_o": 8, "BK": 64, "BV": 64},
+    {"BT": 128, "BVO": 128, "warps_o": 8, "BK": 32, "BV": 32},
+    {"BVO": 128, "warps_o": 8, "stages_o": 3},
+]
+BWD = [
+    {},
+    {"BVB": 32},
+    {"stages_b": 1},
+    {"BVB": 32, "warps_b": 4},
+    {"BT": 32, "BVB": 64, "warps_b": 4},
+    {"BT": 32, "BVB": 128, "stages_b": 1},
+    {"BK": 64, "BV": 64},
+    {"BK": 32, "BV": 32},
+]
+
+
+def tune_shape(D, T, tokens, H, log):
+    """Best {"fwd", "bwd"} config for one shape, or None if the winner disagrees with the heuristic config."""
+    from triton.testing import do_bench
+
+    import tnl_kernels
+    from tnl_kernels.la2_config import heuristic, table_key
+
+    dtype = torch.bfloat16
+    slope = torch.tensor([2 ** (-8 * (h + 1) / H) for h in range(H)], device="cuda")
+    B = max(1, tokens // T)
+    q, k, v = (torch.randn(B, T, H, D, device="cuda").mul_(0.5).to(dtype).requires_grad_() for _ in range(3))
+    do = torch.randn_like(v)
+    key = table_key(dtype, D, D, B * H)
+
+    def run(cfg, backward):
+        o = tnl_kernels.lightning_attn_triton(q, k, v, slope, None, False, None, config=cfg)[0]
+        return torch.autograd.grad(o, (q, k, v), do) if backward else o
+
+    def timed(cfg, backward):
+        def f():
+            if backward:
+                run(cfg, True)
+            else:
+                with torch.no_grad():
+                    run(cfg, False)
+
+        try:
+            ms = do_bench(f, warmup=10, rep=40, return_mode="median")
+        except Exception as e:  # a candidate that does not compile or fit is skipped
+            print(f"  {key} {cfg}: {type(e).__name__}", flush=True)
+            return float("inf")
+        log.append({"key": key, "T": T, "B": B, "cfg": cfg, "backward": backward, "ms": ms})
+        print(f"  {key} T={T} {'fwd+bwd' if backward else 'fwd'} {ms:.3f} ms {cfg}", flush=True)
+        return ms
+
+    fwd = min(FWD, key=lambda c: timed({"fwd": c}, False))
+    bwd = min(BWD, key=lambda c: timed({"fwd": fwd, "bwd": c}, True))
+    best = {"fwd": fwd, "bwd": bwd}
+    ref = run(None, True)
+    got = run(best, True)
+    errs = [((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(got, ref)]
+    if not max(errs) < 2e-2:
+        print(f"  {key}: best config disagrees with the heuristic ({errs}); not kept", flush=True)
+        return key, None
+    base = heuristic(D, D, dtype, B * H)
+    return key, {ph: {**base[ph], **best[ph]} for ph in ("fwd", "bwd")}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=65536)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--dims", default="128", help="head dims (D = E) to tune")
+    p.add_argument("--seq-lens", default="65536,16384,4096", help="one T per shape class (few, mid, many)")
+    p.add_argument("--out", default="kernels/la2_tuned.json")
+    p.add_argument("--log", default="benchmarks/results/tune_la2.json")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("tune_la2: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    table = json.loads(out.read_text()) if out.exists() else {}
+    log = []
+    for D in map(int, args.dims.split(",")):
+        for T in map(int, args.seq_lens.split(",")):
+            key, best = tune_shape(D, T, args.tokens, args.heads, log)
+            if best is not None:
+                table[key] = best
+                print(f"{key}: {best}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.log).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "runs": log}, indent=1))
+    print(f"wrote {out} and {args.log}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
