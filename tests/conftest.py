@@ -10,6 +10,22 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _has_cuda() -> bool:
+    try:
+        import torch  # importing torch does not import triton; torch._dynamo and transformers do
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+# Triton chooses interpreter or compiler when functions are decorated: for its own tl.* library that is when triton
+# is first imported (e.g. by `import tnl` -> transformers -> torch._dynamo). So on a machine without CUDA, where every
+# Triton kernel must run under the interpreter, say so before any test module is imported (collection order varies).
+if not _has_cuda():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu` tests where CUDA is absent instead of failing them (`make test` deselects them anyway)."""
     try:

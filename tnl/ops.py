@@ -4,16 +4,18 @@ Every call validates its arguments in Python (one ValueError/TypeError naming th
 Triton (`tnl_kernels`) on CUDA tensors, the chunked pure-torch path of `tnl.reference` on CPU. The environment variable
 TNL_KERNEL_BACKEND=triton|torch forces one; it is read on every call, nothing is fixed at import.
 
-Triton on CPU tensors means Triton's interpreter, which Triton chooses when a kernel is decorated, i.e. when the
-`tnl_kernels` kernel modules are imported. This module imports `tnl_kernels` lazily and sets TRITON_INTERPRET=1 first
-when the tensors are on CPU. A process that already imported the kernels compiled (TRITON_INTERPRET unset) cannot
-interpret them afterwards: that raises a RuntimeError telling you to set TRITON_INTERPRET=1 before anything imports
-`tnl_kernels` (and the reverse, interpreted kernels called on CUDA tensors, raises too).
+Triton on CPU tensors means Triton's interpreter, which Triton chooses when a function is decorated: when `triton`
+itself is imported (its standard library, tl.sum, tl.cdiv, ...) and when the `tnl_kernels` modules are. This module
+imports `tnl_kernels` lazily and sets TRITON_INTERPRET=1 first when the tensors are on CPU, which works as long as
+nothing imported triton before in this process. A process that already imported triton compiled (TRITON_INTERPRET
+unset) cannot interpret afterwards: that raises a RuntimeError telling you to set TRITON_INTERPRET=1 before anything
+imports triton (the reverse, interpreted kernels called on CUDA tensors, raises too).
 """
 
 import importlib
 import os
 import sys
+import weakref
 
 import torch
 
@@ -39,27 +41,25 @@ def _backend(device):
 
 
 def _kernel_modes():
-    """'interpreted' / 'compiled' for every Triton kernel already defined in the loaded tnl_kernels modules."""
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-        from triton.runtime.jit import JITFunction
-    except ImportError:  # pragma: no cover - triton is a dependency
-        return set()
+    """'interpreted' / 'compiled' for the Triton functions already defined in this process: triton's own standard
+    library (decorated when triton is imported) and every loaded tnl_kernels module. Imports nothing."""
+    jit, interp = sys.modules.get("triton.runtime.jit"), sys.modules.get("triton.runtime.interpreter")
+    if jit is None:
+        return set()  # triton not imported yet: whatever comes next follows TRITON_INTERPRET
+    kinds = (jit.JITFunction,) + ((interp.InterpretedFunction,) if interp is not None else ())
     modes = set()
     for name, mod in list(sys.modules.items()):
-        if mod is None or not (name == "tnl_kernels" or name.startswith("tnl_kernels.")):
+        if mod is None or not (name == "triton.language.standard" or name.partition(".")[0] == "tnl_kernels"):
             continue
-        for obj in vars(mod).values():
-            for _ in range(8):  # unwrap autotune / heuristics wrappers (.fn) down to the decorated kernel
-                if isinstance(obj, (JITFunction, InterpretedFunction)):
+        for obj in list(vars(mod).values()):
+            for _ in range(8):  # unwrap autotune / heuristics wrappers (.fn) down to the decorated function
+                if obj is None or isinstance(obj, kinds):
                     break
                 obj = getattr(obj, "fn", None)
-                if obj is None:
-                    break
-            if isinstance(obj, InterpretedFunction):
-                modes.add("interpreted")
-            elif isinstance(obj, JITFunction):
+            if isinstance(obj, jit.JITFunction):
                 modes.add("compiled")
+            elif obj is not None and isinstance(obj, kinds):
+                modes.add("interpreted")
     return modes
 
 
@@ -68,16 +68,16 @@ def _triton_fn(name, device):
     if device.type == "cpu":
         if "compiled" in _kernel_modes():
             raise RuntimeError(
-                "the Triton backend was asked for CPU tensors, but tnl_kernels was already imported in compiled mode "
-                "in this process; set TRITON_INTERPRET=1 in the environment before anything imports tnl_kernels, or "
-                "use TNL_KERNEL_BACKEND=torch"
+                "the Triton backend was asked for CPU tensors, but triton (or tnl_kernels) was already imported in "
+                "compiled mode in this process; set TRITON_INTERPRET=1 in the environment before anything imports "
+                "triton, or use TNL_KERNEL_BACKEND=torch"
             )
         os.environ["TRITON_INTERPRET"] = "1"
     elif device.type == "cuda":
         if "interpreted" in _kernel_modes():
             raise RuntimeError(
-                "CUDA tensors reached tnl_kernels imported under Triton's interpreter (TRITON_INTERPRET=1 was set when "
-                "it was imported); unset TRITON_INTERPRET before importing tnl_kernels to run compiled kernels"
+                "CUDA tensors reached Triton kernels defined under Triton's interpreter (TRITON_INTERPRET=1 was set "
+                "when triton or tnl_kernels was imported); unset TRITON_INTERPRET to run compiled kernels"
             )
     else:
         raise ValueError(f"the Triton backend supports CUDA and CPU tensors, got device {device}")
@@ -104,17 +104,37 @@ def _check_slope(slope, H, device):
         raise ValueError(f"slope must have shape (H,) = ({H},), got {tuple(slope.shape)}")
     if slope.device != device:
         raise ValueError(f"slope is on {slope.device} but q is on {device}")
-    if _can_sync() and not bool(torch.isfinite(slope).all()):
-        raise ValueError("slope must be finite, got non-finite values")
-    if _can_sync() and not bool((slope >= 0).all()):
+    if not _needs_value_check(slope, None):
+        return
+    if not bool((torch.isfinite(slope) & (slope >= 0)).all()):  # one device sync
+        if not bool(torch.isfinite(slope).all()):
+            raise ValueError("slope must be finite, got non-finite values")
         raise ValueError(f"slope must be >= 0 (decay exp(-slope) <= 1), got minimum {slope.min().item():g}")
+    _remember_checked(slope, None)
 
 
-def _can_sync():
-    """Value checks need a device sync: skip them while a CUDA graph is captured or torch.compile traces."""
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        return False
-    return not torch.compiler.is_compiling()
+# Value checks (slope >= 0, cu_seqlens boundaries) read the tensor on the host: a device sync. A model passes the same
+# slope tensor on every call and the same cu_seqlens to every layer of a step, so a passed check is remembered per
+# tensor object and its in-place version counter (weakly: forgotten when the tensor dies).
+_checked: dict[int, tuple] = {}
+
+
+def _needs_value_check(x, context):
+    if torch.compiler.is_compiling():
+        return False  # tracing: values unknown
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False  # a sync would break the CUDA graph capture
+    if x.is_inference():
+        return True  # inference tensors have no version counter: check every time
+    entry = _checked.get(id(x))
+    return not (entry is not None and entry[0]() is x and entry[1:] == (x._version, context))
+
+
+def _remember_checked(x, context):
+    if x.is_inference():
+        return
+    key = id(x)
+    _checked[key] = (weakref.ref(x, lambda _, key=key: _checked.pop(key, None)), x._version, context)
 
 
 def _check_cu_seqlens(cu_seqlens, B, T, device):
@@ -130,7 +150,7 @@ def _check_cu_seqlens(cu_seqlens, B, T, device):
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {device}")
     if B != 1:
         raise ValueError(f"cu_seqlens requires batch size 1 (documents packed along T), got B = {B}")
-    if _can_sync():
+    if _needs_value_check(cu_seqlens, T):
         cu = cu_seqlens.tolist()
         if cu[0] != 0:
             raise ValueError(f"cu_seqlens must start at 0, got {cu[0]}")
@@ -138,6 +158,7 @@ def _check_cu_seqlens(cu_seqlens, B, T, device):
             raise ValueError(f"cu_seqlens must end at T = {T}, got {cu[-1]}")
         if any(b < a for a, b in zip(cu, cu[1:])):
             raise ValueError("cu_seqlens must be non-decreasing")
+        _remember_checked(cu_seqlens, T)
     return cu_seqlens.shape[0] - 1
 
 
