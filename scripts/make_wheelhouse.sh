@@ -7,7 +7,7 @@
 #
 # The versions are those of the project's installed environment (PYTHON, default .venv/bin/python: run `make install`
 # first), fetched again as wheels for the node's platform. Environment: PYTHON, PY_VERSION (default 3.12),
-# MAX_MB (size budget, default 20), WANDB_SPEC (default: the last pure-Python wandb, to keep the bundle small).
+# MAX_MB (size budget, default 20), WANDB_SPEC (default: an older, smaller wandb that still supports NumPy 2).
 # Left out on purpose: torch, triton, transformers and what they pull in (expected on the node), matplotlib (plots
 # are made off the node), and unless WITH_ARROW=1, pyarrow and pandas (large; only `datasets` needs them, and
 # training reads pre-tokenized shards without it).
@@ -17,7 +17,7 @@ OUT=${1:-wheelhouse}
 PYTHON=${PYTHON:-.venv/bin/python}
 PY_VERSION=${PY_VERSION:-3.12}
 MAX_MB=${MAX_MB:-20}
-WANDB_SPEC=${WANDB_SPEC:-wandb==0.16.6}
+WANDB_SPEC=${WANDB_SPEC:-wandb==0.17.9}
 PLATFORM_ARGS=(--python-version "$PY_VERSION" --implementation cp --only-binary=:all:)
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
   PLATFORM_ARGS+=(--platform "$p")
@@ -74,7 +74,7 @@ for name, version in sorted(closure(["tnl"], leaves={"wandb"} | set(provided)).i
         print(f"{name}=={version}")
 print(sys.argv[1])  # wandb, resolved for the node below
 PY
-# wandb's pure-Python release has its own small dependency set: resolve it for the node's platform.
+# The pinned wandb has its own dependency set: resolve it for the node's platform.
 "$PYTHON" -m pip install -q --dry-run --ignore-installed --target "$tmp/t" --report "$tmp/wandb.json" \
   "${PLATFORM_ARGS[@]}" "$WANDB_SPEC"
 "$PYTHON" -c "import json,sys; [print(i['metadata']['name'] + '==' + i['metadata']['version']) for i in json.load(open(sys.argv[1]))['install']]" \
@@ -87,9 +87,10 @@ while read -r spec; do
     || "$PYTHON" -m pip wheel -q --no-deps -w "$OUT" "$spec" 2>/dev/null \
     || { echo "make_wheelhouse: no wheel for $spec" >&2; exit 1; }
 done < <(sort -u "$tmp/wanted.txt")
-size_mb=$(du -sm "$OUT" | cut -f1)
-echo "== $OUT: $(ls "$OUT"/*.whl | wc -l) wheels, ${size_mb} MB"
-if (( size_mb > MAX_MB )); then
-  echo "make_wheelhouse: bundle is ${size_mb} MB, over the ${MAX_MB} MB budget" >&2
+size_kib=$(du -sk "$OUT" | cut -f1)
+size_mib=$(awk -v k="$size_kib" 'BEGIN { printf "%.1f", k / 1024 }')
+echo "== $OUT: $(ls "$OUT"/*.whl | wc -l) wheels, ${size_mib} MiB"
+if (( size_kib > MAX_MB * 1024 )); then
+  echo "make_wheelhouse: bundle is ${size_mib} MiB, over the ${MAX_MB} MiB budget" >&2
   exit 1
 fi
