@@ -310,7 +310,7 @@ def test_backend_env(monkeypatch):
 
 def test_triton_backend_on_cpu_uses_interpreter_and_kernel_entry(monkeypatch):
     """With triton forced on CPU tensors, tnl.ops sets TRITON_INTERPRET=1 and hands validated args to tnl_kernels."""
-    if "compiled" in ops._kernel_modes():
+    if "compiled" in ops._kernel_modes() and torch.cuda.is_available():
         pytest.skip("triton was imported compiled in this process (CUDA machine)")
     calls = []
 

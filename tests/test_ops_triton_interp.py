@@ -8,16 +8,16 @@ bf16 through Triton is tested on the GPU. Kernel-level tests are in test_kernels
 
 import math
 import os
-import sys
 import zlib
 
 import pytest
 import torch
 
-# On a machine without CUDA every Triton kernel must run interpreted: say so before anything imports tnl_kernels (its
-# kernels read TRITON_INTERPRET when they are decorated). With CUDA, tnl.ops sets it lazily, if it still can.
+# On a machine without CUDA every Triton kernel must run interpreted: TRITON_INTERPRET=1 must be set before triton is
+# first imported (tests/conftest.py does it; this line covers running the file on its own). With CUDA, tnl.ops sets it
+# lazily when it still can, else these tests skip.
 if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tnl import ops, reference  # noqa: E402
 
@@ -28,15 +28,17 @@ RTOL = {torch.float32: 1e-6, torch.float16: 1.5e-3}  # measured: fp32 1.8e-7, fp
 
 def kernels_or_skip():
     """tnl_kernels in interpreter mode, or a skip saying why it cannot be tested in this process."""
-    loaded = "tnl_kernels" in sys.modules
     if "compiled" in ops._kernel_modes():
-        pytest.skip("tnl_kernels was imported compiled in this process (CUDA machine); interpreter tests run on CPU")
+        if torch.cuda.is_available():
+            pytest.skip("triton was imported compiled in this process (CUDA machine); interpreter tests run on CPU")
+        pytest.fail("triton was imported compiled on a machine without CUDA: TRITON_INTERPRET=1 must be set before "
+                    "anything imports triton (tests/conftest.py does it)")
     os.environ["TRITON_INTERPRET"] = "1"
     import tnl_kernels
 
     if not hasattr(tnl_kernels, "lightning_attn_triton"):
         pytest.skip("tnl_kernels has no lightning_attn_triton yet (KERNELS work in progress)")
-    assert loaded or "compiled" not in ops._kernel_modes()
+    assert "compiled" not in ops._kernel_modes()
     return tnl_kernels
 
 
