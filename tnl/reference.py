@@ -12,7 +12,8 @@ the state resetting at every document boundary of `cu_seqlens`:
 
 All three take q, k (B, T, H, D), v (B, T, H, E), slope (H,) or None, initial_state (N, H, D, E) or None and
 cu_seqlens (N+1,) or None (with B == 1), and return (o, final_state), final_state (N, H, D, E) always (callers drop
-it). No argument checking here: tnl.ops validates.
+it). The slope is never differentiated. Also here: `lightning_attn_step` (one decoding token) and `srms_norm`.
+No argument checking here: tnl.ops validates.
 """
 
 import torch
