@@ -364,3 +364,24 @@ def test_value_checks_are_remembered_but_see_in_place_changes():
     cu[1] = 11
     with pytest.raises(ValueError, match="cu_seqlens"):
         ops.lightning_attn(q, k, v, s, cu_seqlens=cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_facade_on_cuda_matches_torch_path(monkeypatch, dtype):
+    """On CUDA the default backend is Triton (compiled); it agrees with the torch path, packed documents and states."""
+    monkeypatch.delenv("TNL_KERNEL_BACKEND")
+    q, k, v, s, h0, cu = make_inputs(21, 1, 3000, 4, 64, 48, dtype, cu=[0, 1, 700, 701, 2999, 3000], init=True)
+    q, k, v, s, h0, cu = (x.cuda() for x in (q, k, v, s, h0, cu))
+    assert ops._backend(q.device) == "triton"
+    o, f = ops.lightning_attn(q, k, v, s, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    monkeypatch.setenv("TNL_KERNEL_BACKEND", "torch")
+    o_ref, f_ref = ops.lightning_attn(q, k, v, s, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    assert o.dtype == dtype and f.dtype == torch.float32
+    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]
+    assert rel_err(o, o_ref) < tol and rel_err(f, f_ref) < tol
+    with pytest.raises(ValueError, match="v is on cpu"):
+        ops.lightning_attn(q, k, v.cpu(), s)
+    x = torch.randn(4, 100, device="cuda", dtype=dtype)
+    monkeypatch.delenv("TNL_KERNEL_BACKEND")
+    assert rel_err(ops.srms_norm(x), reference.srms_norm(x.double())) < max(RTOL[dtype], 1e-5)
