@@ -212,3 +212,13 @@ def test_llama_exports_as_stock_llama(tmp_path, tied):
         assert type(m) is LlamaForCausalLM
         got = m(ids).logits
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
+
+
+def test_decode_benchmark_runs_on_tiny_models():
+    from tnl.hf import bench_decode
+
+    result = bench_decode.run("tnl_tiny", "llama_tiny", contexts=[8, 40], batches=[2], steps=2, warmup=1,
+                              device="cpu", dtype=torch.float32, prefill_tokens=32)
+    assert len(result["rows"]) == 4 and all(isinstance(r["ms_per_token"], float) for r in result["rows"])
+    md = bench_decode.markdown(result)
+    assert "| tnl_tiny | 2 |" in md and "| llama_tiny | 2 |" in md

@@ -1,0 +1,159 @@
+"""Decode latency, ms per generated token, of TNL (recurrent state, O(1) per token) vs LLaMA (KV cache).
+
+    python -m tnl.hf.bench_decode --tnl tnl_385m --llama llama_385m --contexts 1024 8192 32768 131072 \
+        --batches 1 16 --out benchmarks/results
+
+For every (model, batch, context): random weights in bf16, a random prompt of `context` tokens prefilled in chunks
+(the cache carried between chunks), then `--steps` single-token forwards timed after `--warmup` ones (CUDA
+synchronised). Out-of-memory cells are recorded as "OOM". Writes decode_latency.json and decode_latency.md, with
+the issue's targets checked: TNL flat within 10% across contexts, and >= 5x faster than LLaMA at 32K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from tnl.hf.export import llama_config_from_args, tnl_config_from_args
+from tnl.hf.modeling_tnl import _CACHE_KEY, TnlForCausalLM
+from tnl.models.config import ModelArgs
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+
+def model_args(name_or_path: str) -> ModelArgs:
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no model config {name_or_path!r} (looked for {path})")
+    return ModelArgs.from_mapping(yaml.safe_load(path.read_text()))
+
+
+def build_hf(args: ModelArgs, device, dtype):
+    if args.arch == "tnl":
+        model = TnlForCausalLM(tnl_config_from_args(args))
+    else:
+        from transformers import LlamaForCausalLM
+
+        config = llama_config_from_args(args)
+        config.max_position_embeddings = max(config.max_position_embeddings, 1 << 18)
+        config._attn_implementation = "sdpa"
+        model = LlamaForCausalLM(config)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def decode_ms_per_token(model, batch: int, context: int, steps: int, warmup: int, device, chunk: int) -> float:
+    """Prefill `context` random tokens (in chunks), then time single-token decode steps; ms per step."""
+    vocab = model.config.vocab_size
+    cache = None
+    for s in range(0, context, chunk):
+        ids = torch.randint(0, vocab, (batch, min(chunk, context - s)), device=device)
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{_CACHE_KEY: cache})
+        cache = out[_CACHE_KEY]
+    tok = out.logits[:, -1:].argmax(-1)
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        out = model(input_ids=tok, use_cache=True, logits_to_keep=1, **{_CACHE_KEY: cache})
+        cache = out[_CACHE_KEY]
+        tok = out.logits[:, -1:].argmax(-1)
+    _sync(device)
+    return (time.perf_counter() - t0) * 1000.0 / steps
+
+
+def run(tnl_name, llama_name, contexts, batches, steps=32, warmup=4, device=None, dtype=torch.bfloat16,
+        prefill_tokens=65536) -> dict:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    for name in (tnl_name, llama_name):
+        args = model_args(name)
+        model = build_hf(args, device, dtype)
+        for batch in batches:
+            for context in contexts:
+                chunk = max(1, min(context, prefill_tokens // batch))
+                try:
+                    ms = decode_ms_per_token(model, batch, context, steps, warmup, device, chunk)
+                except torch.OutOfMemoryError:
+                    ms = "OOM"
+                if device == "cuda" or str(device).startswith("cuda"):
+                    torch.cuda.empty_cache()
+                rows.append({"model": name, "arch": args.arch, "batch": batch, "context": context, "ms_per_token": ms})
+                print(json.dumps(rows[-1]), flush=True)
+        del model
+    import transformers
+
+    env = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
+           "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype),
+           "steps": steps, "warmup": warmup, "command": " ".join(sys.argv)}
+    return {"env": env, "rows": rows, "checks": _checks(rows, tnl_name, llama_name, contexts, batches)}
+
+
+def _checks(rows, tnl_name, llama_name, contexts, batches) -> list[str]:
+    get = {(r["model"], r["batch"], r["context"]): r["ms_per_token"] for r in rows}
+    out = []
+    for b in batches:
+        tnl = [get[(tnl_name, b, c)] for c in contexts if isinstance(get[(tnl_name, b, c)], float)]
+        if tnl:
+            spread = max(tnl) / min(tnl) - 1
+            out.append(f"batch {b}: TNL max/min - 1 across contexts = {spread:.1%} (target <= 10%: "
+                       f"{'PASS' if spread <= 0.10 else 'FAIL'})")
+        c = 32768
+        t, l = get.get((tnl_name, b, c)), get.get((llama_name, b, c))
+        if isinstance(t, float) and isinstance(l, float):
+            out.append(f"batch {b}: LLaMA/TNL at 32K = {l / t:.1f}x (target >= 5x: {'PASS' if l / t >= 5 else 'FAIL'})")
+    return out
+
+
+def markdown(result: dict) -> str:
+    env, rows = result["env"], result["rows"]
+    contexts = sorted({r["context"] for r in rows})
+    lines = [f"# Decode latency (ms/token), {env['device']}, {env['dtype']}", "",
+             f"torch {env['torch']}, transformers {env['transformers']}; {env['steps']} timed steps after "
+             f"{env['warmup']} warm-up; command: `{env['command']}`", "",
+             "| model | batch | " + " | ".join(f"ctx {c}" for c in contexts) + " |",
+             "|---|---|" + "---|" * len(contexts)]
+    for (model, batch) in dict.fromkeys((r["model"], r["batch"]) for r in rows):
+        cells = {r["context"]: r["ms_per_token"] for r in rows if r["model"] == model and r["batch"] == batch}
+        fmt = lambda v: v if isinstance(v, str) else f"{v:.2f}"
+        lines.append(f"| {model} | {batch} | " + " | ".join(fmt(cells.get(c, "-")) for c in contexts) + " |")
+    return "\n".join(lines + [""] + [f"- {c}" for c in result["checks"]]) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tnl", default="tnl_385m")
+    p.add_argument("--llama", default="llama_385m")
+    p.add_argument("--contexts", type=int, nargs="+", default=[1024, 8192, 32768, 131072])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="benchmarks/results")
+    a = p.parse_args(argv)
+    result = run(a.tnl, a.llama, a.contexts, a.batches, a.steps, a.warmup, a.device, getattr(torch, a.dtype))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "decode_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "decode_latency.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
