@@ -1,32 +1,36 @@
-"""Tokenizer + pre-tokenized shards for a data config: `python scripts/prepare_data.py data=<name> [data.key=...]`.
+"""Tokenizer + pre-tokenized shards for a data config.
 
-A no-op when data.dir is already up to date; `+force=true` rebuilds. Bad input ends with one error line and exit 2.
+    python scripts/prepare_data.py data=gutenberg                 # Hydra overrides, composed like train.py
+    python scripts/prepare_data.py data.inputs=[my/*.jsonl.gz] data.text_field=content data.vocab_size=8192
+    python scripts/prepare_data.py data=demo --force              # rebuild even when up to date
+
+A no-op when data.dir is already up to date. Bad input ends with one error line and exit status 2.
 """
 
 import logging
 import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from tnl.data import DataError, prepare, read_manifest  # noqa: E402
+from tnl.train.config import ConfigError, compose  # noqa: E402
 
 
-@hydra.main(config_path="../configs", config_name="config", version_base=None)
-def main(cfg: DictConfig) -> None:
-    logging.getLogger("tnl").setLevel(logging.INFO)
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    force = "--force" in argv
     try:
-        out = prepare(cfg.data, force=bool(cfg.get("force", False)))
-    except DataError as e:
+        cfg = compose([a for a in argv if a != "--force"])
+        out = prepare(cfg.data, force=force)
+    except (ConfigError, DataError) as e:
         print(f"prepare_data: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     m = read_manifest(out)
     splits = ", ".join(f"{k} {v['docs']} docs / {v['tokens']} tokens" for k, v in m["splits"].items())
     print(f"prepared {out}: {splits} ({m['dtype']}, vocab {m['tokenizer']['vocab_size']})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

@@ -2,17 +2,15 @@
 trip, the Hugging Face tokenizer giving SentencePiece's ids, no-op re-runs, and the shipped data configs."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from tnl.data import PackedLoader, hf_tokenizer_dir, is_prepared, load_tokenizer, prepare, read_manifest
 from tnl.data.demo import build_python_docs
 from tnl.data.pipeline import file_sha256
+from tnl.train.config import compose
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRICKY = [
     "Hello  world!\n\tTabs,   runs of    spaces and 1234567 digits.",
     "  leading spaces, trailing spaces  \n\n\n",
@@ -24,8 +22,7 @@ TRICKY = [
 
 
 def data_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        return compose(config_name="config", overrides=list(overrides)).data
+    return compose(list(overrides)).data  # the root config, composed as train.py and prepare_data.py do
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +58,26 @@ def test_demo_round_trip_every_document(demo):
         for shard in read_manifest(out)["splits"][split]["shards"]:
             toks = np.fromfile(out / shard["path"], dtype=np.uint16)
             ends = np.load(out / shard["path"].replace(".bin", ".docs.npy"))
-            decoded += [tok.decode(d[:-1].tolist()) for d in np.split(toks, ends[:-1])]
+            for d in np.split(toks, ends[:-1]):
+                decoded.append(tok.decode(d[:-1].tolist()))
+                assert d.tolist() == tok.encode(decoded[-1]) + [tok.eos_id]  # the shards hold encode()'s ids
     assert sorted(decoded) == sorted(texts)
     for s in TRICKY:
         assert tok.decode(tok.encode(s)) == s
+
+
+def test_encode_docs_fast_path_equals_encode(demo):
+    _, out = demo
+    tok = load_tokenizer(out)
+    assert tok.newline_id == tok.sp.piece_to_id("<0x0A>")  # our tokenizers take the line-by-line path
+    texts = [t for t in TRICKY if t] + ["\n", "a\n\nb\n", "\n\n  x  \n"]
+    texts += [json.loads(line)["text"] for line in (out / "corpus" / "python_docs.jsonl").open()][:40]
+    ids, lengths = tok.encode_docs(texts, np.uint16)
+    expect = [i for t in texts for i in tok.encode(t) + [tok.eos_id]]
+    assert ids.dtype == np.uint16 and ids.tolist() == expect
+    assert lengths.tolist() == [len(tok.encode(t)) + 1 for t in texts]
+    tok.newline_id = None  # the general whole-document path gives the same
+    assert tok.encode_docs(texts)[0].tolist() == expect
 
 
 def test_hf_tokenizer_matches_sentencepiece(demo):

@@ -214,14 +214,16 @@ def test_bad_input_one_clear_error_nothing_valid(tmp_path, case):
     assert not out.exists() or not [p for p in out.rglob("*.bin")]
 
 
-@pytest.mark.parametrize("case", ["missing", "unknown"])  # the CLI path; each bad input is checked above
+@pytest.mark.parametrize("case", ["missing", "unknown_override"])  # each bad input is checked above
 def test_cli_bad_input_one_line_no_traceback(tmp_path, case):
-    inputs, extra, pattern = bad_cases(tmp_path)[case]
-    args = [f"data.inputs=[{inputs[0]}]", f"data.dir={tmp_path / 'out'}", "data.vocab_size=400"]
+    inputs, extra, pattern = bad_cases(tmp_path)["unknown" if case == "unknown_override" else case]
+    if case == "unknown_override":  # a key the schema does not know, without +
+        extra, pattern = {}, "vocab_sise"
+    args = ["data.vocab_sise=3"] if case == "unknown_override" else []
+    args += [f"data.inputs=[{inputs[0]}]", f"data.dir={tmp_path / 'out'}", "data.vocab_size=400"]
     args += [f"+data.{k}={v}" for k, v in extra.items()]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_data.py"), "data=demo", *args,
-                        f"hydra.run.dir={tmp_path / 'hydra'}", "hydra.output_subdir=null"],
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_data.py"), "data=demo", *args],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

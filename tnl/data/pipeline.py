@@ -266,31 +266,20 @@ def _jobs(c: DataConfig, paths, text_field, val_paths) -> Iterator[tuple[str, li
             yield split, buf[split]
 
 
-_SP = None
-_EOS = 2
-_DTYPE = np.uint16
+_TOK: Tokenizer | None = None
+_DTYPE = np.dtype(np.uint16)
 
 
-def _init_worker(model_file: str, eos: int, dtype: str) -> None:
-    global _SP, _EOS, _DTYPE
-    import sentencepiece as spm
-
-    _SP, _EOS, _DTYPE = spm.SentencePieceProcessor(model_file=model_file), eos, np.dtype(dtype)
+def _init_worker(model_file: str, dtype: str) -> None:
+    global _TOK, _DTYPE
+    _TOK, _DTYPE = Tokenizer(model_file), np.dtype(dtype)
 
 
 def _encode(job: tuple[str, list[str]]) -> tuple[str, np.ndarray, np.ndarray]:
     """One batch of documents -> (split, tokens with EOS after each document, document lengths incl. EOS)."""
     split, texts = job
-    ids = _SP.encode(texts)
-    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-    total = int(lengths.sum())
-    flat = np.fromiter((t for x in ids for t in x), dtype=_DTYPE, count=total - len(ids))
-    out = np.empty(total, dtype=_DTYPE)
-    is_eos = np.zeros(total, dtype=bool)
-    is_eos[np.cumsum(lengths) - 1] = True
-    out[is_eos] = _EOS
-    out[~is_eos] = flat
-    return split, out, lengths
+    tokens, lengths = _TOK.encode_docs(texts, _DTYPE)
+    return split, tokens, lengths
 
 
 class _ShardWriter:
@@ -336,7 +325,7 @@ def _tokenize(plan: _Plan, paths, text_field, val_paths, tok: Tokenizer, dtype: 
     writers = {s: _ShardWriter(tmp / s, dtype, c.shard_tokens) for s in SPLITS}
     jobs = _jobs(c, paths, text_field, val_paths)
     n_workers = _workers(c)
-    init = (tok.model_file, tok.eos_id, dtype.name)
+    init = (tok.model_file, dtype.name)
     t0 = time.perf_counter()
     docs = tokens = 0
     bar = tqdm(desc=f"tokenize {c.name}", unit="doc", mininterval=1.0, dynamic_ncols=True)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import random
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import numpy as np
 
 from tnl.data.config import DataError
 
@@ -130,6 +133,7 @@ class Tokenizer:
         self.vocab_size = self.sp.get_piece_size()
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = (
             self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id(), self.sp.unk_id())
+        self.newline_id = _newline_byte_id(self.model_file, self.sp)
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
@@ -137,11 +141,51 @@ class Tokenizer:
     def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
         return self.sp.encode(texts, num_threads=num_threads)
 
+    def encode_docs(self, texts: list[str], dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
+        """Documents -> (their ids concatenated, each document followed by EOS; document lengths incl. EOS).
+
+        Same ids as [encode(t) + [eos] for t in texts]. When no piece can span a newline (our own tokenizers:
+        identity normalisation, no dummy prefix, '\\n' only as the byte piece <0x0A>), documents are encoded line
+        by line and joined with <0x0A>: the same ids, about twice as fast on long documents (books)."""
+        units = [t.split("\n") for t in texts] if self.newline_id is not None else [[t] for t in texts]
+        ids = self.sp.encode([u for parts in units for u in parts])
+        n_units = np.fromiter((len(parts) for parts in units), dtype=np.int64, count=len(units))
+        unit_len = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))  # + separator
+        total = int(unit_len.sum())
+        seps = np.full(len(ids), -1 if self.newline_id is None else self.newline_id, dtype=np.int64)
+        seps[np.cumsum(n_units) - 1] = self.eos_id  # the last unit of a document ends with EOS
+        out = np.empty(total, dtype=dtype)
+        is_sep = np.zeros(total, dtype=bool)
+        is_sep[np.cumsum(unit_len) - 1] = True
+        out[is_sep] = seps
+        out[~is_sep] = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=total - len(ids))
+        starts = np.concatenate([[0], np.cumsum(n_units)[:-1]]).astype(np.int64)
+        lengths = np.add.reduceat(unit_len, starts) if len(ids) else np.zeros(0, dtype=np.int64)
+        return out, lengths
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.model_file!r}, vocab_size={self.vocab_size})"
+
+
+def _newline_byte_id(model_file: str, sp) -> int | None:
+    """The id of <0x0A> when a newline can only ever be that byte piece (so lines encode independently), else None.
+    Reads the model's normalizer spec through SentencePiece's protobuf module; None when that is unavailable."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        m = pb.ModelProto()
+        m.ParseFromString(Path(model_file).read_bytes())
+    except Exception:  # no protobuf runtime: take the always-correct whole-document path
+        return None
+    ns = m.normalizer_spec
+    plain = ns.name == "identity" and not ns.add_dummy_prefix and not ns.remove_extra_whitespaces
+    if not plain or m.trainer_spec.model_type != pb.TrainerSpec.BPE or any("\n" in p.piece for p in m.pieces):
+        return None
+    nl = sp.piece_to_id("<0x0A>")
+    return nl if sp.is_byte(nl) else None
 
 
 def load_tokenizer(data_dir: str | os.PathLike) -> Tokenizer:
