@@ -1,0 +1,245 @@
+"""Training throughput against context length (the LA2 paper's Table 1): tokens/s/GPU and peak memory.
+
+For each model (configs/model/<name>.yaml, or a path to such a file) and each context length T, one training step
+is forward + backward + optimizer step of tnl.models.build_model(cfg) on random tokens, at a fixed number of tokens
+per step (micro batch B = tokens / T; a context longer than --tokens runs with B = 1): fp32 master weights, bf16
+autocast, fused AdamW, on one CUDA device. A configuration that runs out of memory is reported as OOM and the sweep
+goes on. Writes benchmarks/results/train_<gpu>_<time>.json, .md and .png (tokens/s against context).
+
+    python scripts/bench_train.py --models tnl_385m,llama_385m                  # T = 1K, 2K, ..., 64K at 64K tokens
+    python scripts/bench_train.py --models tnl_385m --tokens 32768 --seq-lens 2048,8192,32768
+    python scripts/bench_train.py --cpu-smoke --out /tmp/bench                  # tiny models, tiny sizes, on CPU
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SEQ_LENS = "1024,2048,4096,8192,16384,32768,65536"
+
+
+def load_model_cfg(name: str) -> dict:
+    """configs/model/<name>.yaml, or a path to a model yaml."""
+    from omegaconf import OmegaConf
+
+    path = Path(name) if name.endswith((".yaml", ".yml")) else REPO / "configs" / "model" / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"no model config {path} (names: configs/model/*.yaml)")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+def measure(model, opt, vocab: int, B: int, T: int, device: torch.device, dtype, warmup: int, steps: int) -> dict:
+    """`warmup` untimed steps, then `steps` timed ones between two device synchronizations; peak memory of all."""
+    g = torch.Generator(device="cpu").manual_seed(T)
+    ids = torch.randint(0, vocab, (B, T + 1), generator=g).to(device)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def step():
+        with autocast:
+            loss = model(inputs, targets=targets).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync()
+    seconds = time.perf_counter() - t0
+    out = {"step_ms": 1000 * seconds / steps, "tokens_per_s": B * T * steps / seconds, "loss": float(loss)}
+    if device.type == "cuda":
+        out["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def bench_model(name: str, seq_lens: list[int], tokens: int, device, dtype, warmup: int, steps: int,
+                grad_ckpt: bool, peak) -> list[dict]:
+    from tnl.models import build_model
+
+    cfg = load_model_cfg(name)
+    if grad_ckpt:
+        cfg["gradient_checkpointing"] = True
+    torch.manual_seed(0)
+    model = build_model(cfg, device=device)
+    params = sum(p.numel() for p in model.parameters())
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, **fused)
+    rows = []
+    for T in seq_lens:
+        B = max(1, tokens // T)
+        row = {"model": name, "arch": cfg["arch"], "parameters": params, "seq_len": T, "micro_batch": B,
+               "tokens_per_step": B * T}
+        try:
+            row.update(measure(model, opt, cfg["vocab_size"], B, T, device, dtype, warmup, steps))
+            fpt = model.flops_per_token(T)
+            row["mfu"] = fpt * row["tokens_per_s"] / peak if peak else None
+            row["status"] = "ok"
+        except torch.OutOfMemoryError:
+            opt.zero_grad(set_to_none=True)
+            row["status"] = "OOM"
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        rows.append(row)
+        shown = row["status"]
+        if row["status"] == "ok":
+            shown = f"{row['tokens_per_s']:,.0f} tokens/s" + (
+                f", peak {row['peak_mem_gib']:.1f} GiB" if "peak_mem_gib" in row else "")
+        print(f"[bench_train] {name} T={T} B={B}: {shown}", file=sys.stderr, flush=True)
+    del model, opt
+    return rows
+
+
+def markdown(rows: list[dict], models: list[str], seq_lens: list[int], meta: dict) -> str:
+    by = {(r["model"], r["seq_len"]): r for r in rows}
+    head = ["context"] + [f"{m} {col}" for m in models for col in ("tokens/s", "peak GiB", "MFU")]
+    if len(models) >= 2:
+        head.append(f"{models[0]} / {models[1]}")
+    lines = [f"# Training throughput vs context ({meta['device_name']})", "",
+             f"{meta['tokens_per_step']} tokens per step (micro batch = tokens / context, at least 1), "
+             f"{meta['precision']}, {meta['optimizer']}; {meta['steps']} timed steps after {meta['warmup']} warm-up. "
+             f"torch {meta['torch']}, triton {meta['triton']}. Command: `{meta['command']}`", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for T in seq_lens:
+        cells = [f"{T // 1024}K" if T % 1024 == 0 else str(T)]
+        for m in models:
+            r = by.get((m, T), {})
+            if r.get("status") != "ok":
+                cells += [r.get("status", ""), "", ""]
+                continue
+            mem = r.get("peak_mem_gib")
+            cells += [f"{r['tokens_per_s']:,.0f}", "" if mem is None else f"{mem:.1f}",
+                      "" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"]
+        if len(models) >= 2:
+            a, b = by.get((models[0], T), {}), by.get((models[1], T), {})
+            ok = a.get("status") == b.get("status") == "ok"
+            cells.append(f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x" if ok else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for m in models:
+        tps = [r["tokens_per_s"] for r in rows if r["model"] == m and r["status"] == "ok"]
+        if tps:
+            lines.append(f"- {m}: min {min(tps):,.0f}, max {max(tps):,.0f} tokens/s, max/min {max(tps) / min(tps):.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], models: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for m in models:
+        pts = [(r["seq_len"], r["tokens_per_s"]) for r in rows if r["model"] == m and r["status"] == "ok"]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=m)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("training tokens/s per GPU")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", help="comma list of configs/model names or yaml paths (default: tnl_385m,llama_385m; "
+                                    "with --cpu-smoke: tnl_tiny,llama_tiny)")
+    p.add_argument("--seq-lens", default=DEFAULT_SEQ_LENS, help="comma list of context lengths")
+    p.add_argument("--tokens", type=int, default=65536, help="tokens per step (micro batch = tokens / context)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration (compile, autotune)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
+    p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing on (gradient_checkpointing)")
+    p.add_argument("--peak-flops", type=float, help="per-GPU peak FLOP/s for MFU (default: looked up by GPU name)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="output folder")
+    p.add_argument("--tag", default="", help="suffix for the output file names")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="on CPU in fp32: contexts 32, 64 with 128 tokens per step, 1 + 2 steps (a plumbing test)")
+    args = p.parse_args(argv)
+    if args.cpu_smoke:
+        args.models = args.models or "tnl_tiny,llama_tiny"
+        args.seq_lens, args.tokens, args.warmup, args.steps = "32,64", 128, 1, 2
+    args.models = args.models or "tnl_385m,llama_385m"
+    try:
+        args.seq_lens = [int(x) for x in args.seq_lens.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--seq-lens must be comma-separated integers, got {args.seq_lens!r}")
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.models or not args.seq_lens or min(args.seq_lens) < 1 or args.tokens < 1 or args.steps < 1:
+        p.error("need at least one model and positive --seq-lens, --tokens and --steps")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        for m in args.models:
+            load_model_cfg(m)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.cpu_smoke:
+        device, dtype = torch.device("cpu"), torch.float32
+    elif not torch.cuda.is_available():
+        print("error: bench_train needs a CUDA GPU (use --cpu-smoke to test the plumbing on CPU)", file=sys.stderr)
+        return 1
+    else:
+        device, dtype = torch.device("cuda"), torch.bfloat16
+    from tnl.train.metrics import peak_flops
+
+    peak = peak_flops(device, args.peak_flops)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    rows = []
+    for m in args.models:
+        rows += bench_model(m, args.seq_lens, args.tokens, device, dtype, args.warmup, args.steps, args.grad_ckpt,
+                            peak)
+    import triton
+
+    cuda = device.type == "cuda"
+    meta = {"device_name": device_name, "tokens_per_step": args.tokens, "dtype": str(dtype).replace("torch.", ""),
+            "precision": "bf16 autocast, fp32 master weights" if cuda else "fp32",
+            "optimizer": "fused AdamW" if cuda else "foreach AdamW",
+            "warmup": args.warmup, "steps": args.steps, "grad_ckpt": args.grad_ckpt, "peak_flops": peak,
+            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "host": platform.node(),
+            "command": " ".join(["python", "scripts/bench_train.py"] + (argv if argv is not None else sys.argv[1:])),
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gpu = "".join(c if c.isalnum() else "_" for c in device_name).strip("_")[:40] or "device"
+    stem = f"train_{gpu}_{dt.datetime.now(dt.timezone.utc):%Y%m%d_%H%M%S}{'_' + args.tag if args.tag else ''}"
+    text = markdown(rows, args.models, args.seq_lens, meta)
+    for suffix, write in ((".json", lambda p: p.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))),
+                          (".md", lambda p: p.write_text(text)),
+                          (".png", lambda p: plot(rows, args.models, p, f"training throughput ({device_name})"))):
+        tmp = out / f".{stem}.tmp{suffix}"
+        write(tmp)
+        os.replace(tmp, out / f"{stem}{suffix}")
+    print(text, end="")
+    print(f"[bench_train] wrote {out / stem}.json/.md/.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

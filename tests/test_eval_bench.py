@@ -1,0 +1,40 @@
+"""scripts/bench_train.py: --help, its CPU smoke mode end to end (JSON + markdown + PNG), and a bad model name."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = [sys.executable, str(REPO / "scripts" / "bench_train.py")]
+
+
+def test_help():
+    proc = subprocess.run(SCRIPT + ["--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--seq-lens" in proc.stdout and "--cpu-smoke" in proc.stdout
+
+
+def test_cpu_smoke_writes_results(tmp_path):
+    proc = subprocess.run(SCRIPT + ["--cpu-smoke", "--out", str(tmp_path), "--tag", "smoke"], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 3 and all(f.startswith("train_") and "_smoke" in f for f in files)
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    rows = report["results"]
+    assert [(r["model"], r["seq_len"], r["micro_batch"]) for r in rows] == [
+        ("tnl_tiny", 32, 4), ("tnl_tiny", 64, 2), ("llama_tiny", 32, 4), ("llama_tiny", 64, 2)]
+    assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 and r["tokens_per_step"] == 128 for r in rows)
+    assert all(5.0 < r["loss"] < 12.0 for r in rows)  # random init on a 4096 vocab: near ln(4096) = 8.3
+    md = next(tmp_path.glob("*.md")).read_text()
+    assert "| 32 |" in md and "tnl_tiny / llama_tiny" in md and md in proc.stdout
+    assert next(tmp_path.glob("*.png")).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_model_is_one_error_line(tmp_path):
+    proc = subprocess.run(SCRIPT + ["--cpu-smoke", "--models", "tnl_tiny,nope", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:") and "nope" in lines[0]
+    assert not any(tmp_path.iterdir())
