@@ -15,12 +15,15 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
 import torch
 
 IMPLS = ("tnl", "fla", "lightning_attn", "sdpa_flash")
+TIMING = "triton.testing.do_bench median (CUDA events), inputs made outside the timed region"
+PEAK = "max_memory_allocated during one fwd+bwd minus allocated before (inputs excluded)"
 
 
 def make_impl(name, B, T, H, D, E, dtype, slope, packed_cu=None):
@@ -119,7 +122,16 @@ def main(argv=None):
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--tag", default="", help="suffix for the output file names")
+    p.add_argument("--render-log", metavar="LOG", help="only rebuild the tables from a run's printed rows")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="with --render-log: run facts")
     args = p.parse_args(argv)
+    if args.render_log:
+        meta = {"gpu": "?", "torch": "?", "triton": "?", "cuda": "?", "time_utc": "?", "command": "?",
+                "tokens": args.tokens, "heads": args.heads, "dtype": args.dtype, "timing": TIMING,
+                "peak_extra_mib": PEAK}
+        meta.update(kv.split("=", 1) for kv in args.meta)
+        render_log(args.render_log, meta, Path(args.out), args.heads)
+        return 0
     if not torch.cuda.is_available():
         print("bench_kernels: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -139,8 +151,7 @@ def main(argv=None):
         "cuda": torch.version.cuda, "python": platform.python_version(), "command": " ".join(sys.argv),
         "time_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "tokens": args.tokens, "heads": H, "dtype": args.dtype, "decay": "ALiBi slopes 2^(-8(h+1)/H)",
-        "timing": "triton.testing.do_bench median (CUDA events), inputs made outside the timed region",
-        "peak_extra_mib": "max_memory_allocated during one fwd+bwd minus allocated before (inputs excluded)",
+        "timing": TIMING, "peak_extra_mib": PEAK,
     }
     rows = []
     for kind, T, Dh in shapes:
@@ -165,16 +176,25 @@ def main(argv=None):
             status = row.get("error") or (f"fwd {row['fwd_ms']:.3f} ms  fwd+bwd {row['fwd_bwd_ms']:.3f} ms  "
                                           f"peak +{row['peak_extra_mib']:.0f} MiB")
             print(f"[{kind}] {name:15s} B={B:3d} T={T:6d} D={Dh:3d}: {status}", flush=True)
+            write_results(Path(args.out), meta, rows, shapes, impls, args.tag)
 
-    out = Path(args.out)
+    write_results(Path(args.out), meta, rows, shapes, impls, args.tag, final=True)
+    return 0
+
+
+def write_results(out, meta, rows, shapes, impls, tag="", final=False):
+    """JSON + markdown table of the rows so far (rewritten after every row, so a cut-off run keeps its numbers)."""
     out.mkdir(parents=True, exist_ok=True)
     gpu = "".join(c if c.isalnum() else "_" for c in meta["gpu"]).strip("_")
-    stem = f"kernels_{gpu}_{meta['time_utc'].replace(':', '').replace('-', '')}{args.tag}"
+    stem = f"kernels_{gpu}_{meta['time_utc'].replace(':', '').replace('-', '')}{tag}"
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = [f"# LA2 kernel benchmark: {meta['gpu']}", "",
           f"torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, {meta['time_utc']}; "
-          f"{args.tokens} tokens per batch (B = {args.tokens}/T), H = {H}, {args.dtype}, causal, per-head decay.",
-          f"Command: `{meta['command']}`. {meta['timing']}; {meta['peak_extra_mib']}.", ""]
+          f"{meta['tokens']} tokens per batch (B = {meta['tokens']}/T), H = {meta['heads']}, {meta['dtype']}, causal, "
+          "per-head decay.",
+          f"Command: `{meta['command']}`. {meta['timing']}; peak extra memory = {meta['peak_extra_mib']}.", ""]
+    if meta.get("note"):
+        md += [meta["note"], ""]
     for title, key in (("forward + backward (ms)", "fwd_bwd_ms"), ("forward (ms)", "fwd_ms"),
                        ("peak extra memory of forward + backward (MiB)", "peak_extra_mib")):
         md += [f"## {title}", "", "| shape | " + " | ".join(impls) + " |", "|---" * (len(impls) + 1) + "|"]
@@ -183,6 +203,8 @@ def main(argv=None):
             for name in impls:
                 r = next((r for r in rows if (r["kind"], r["T"], r["D"], r["impl"]) == (kind, T, Dh, name)), None)
                 cells.append("" if r is None else ("n/a" if "error" in r else fmt(r[key])))
+            if not any(cells):
+                continue
             label = {"seq": f"T={T} D={Dh}", "dim": f"D=E={Dh} T={T}", "packed": f"packed T={T} D={Dh}"}[kind]
             md.append(f"| {label} | " + " | ".join(cells) + " |")
         md.append("")
@@ -191,9 +213,35 @@ def main(argv=None):
         md += ["## Missing / failed", ""] + [f"- {r['impl']} ({r['kind']} T={r['T']} D={r['D']}): {r['error']}"
                                                for r in errs] + [""]
     (out / f"{stem}.md").write_text("\n".join(md))
-    print("\n".join(md))
-    print(f"wrote {out / stem}.json and .md")
-    return 0
+    if final:
+        print("\n".join(md))
+        print(f"wrote {out / stem}.json and .md")
+
+
+ROW_RE = re.compile(r"^\[(\w+)\] (\S+)\s+B=\s*(\d+) T=\s*(\d+) D=\s*(\d+): (.*)$")
+NUM_RE = re.compile(r"fwd ([\d.]+) ms\s+fwd\+bwd ([\d.]+) ms\s+peak \+(\d+) MiB")
+
+
+def render_log(log_path, meta, out, heads):
+    """Rebuild the JSON + markdown from the per-row lines a run printed (for a run cut off before it wrote them)."""
+    rows, shapes, impls = [], [], []
+    for line in Path(log_path).read_text().splitlines():
+        m = ROW_RE.match(line)
+        if not m:
+            continue
+        kind, name, B, T, D, rest = m.groups()
+        row = {"kind": kind, "impl": name, "B": int(B), "T": int(T), "H": heads, "D": int(D), "E": int(D)}
+        n = NUM_RE.search(rest)
+        if n:
+            row.update(fwd_ms=float(n[1]), fwd_bwd_ms=float(n[2]), peak_extra_mib=float(n[3]))
+        else:
+            row["error"] = rest
+        rows.append(row)
+        if (kind, int(T), int(D)) not in shapes:
+            shapes.append((kind, int(T), int(D)))
+        if name not in impls:
+            impls.append(name)
+    write_results(out, meta, rows, shapes, impls, final=True)
 
 
 if __name__ == "__main__":

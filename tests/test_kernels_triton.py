@@ -5,6 +5,7 @@ here in fp16 and fp32; bf16 LA2 is checked on the GPU (tests/test_kernels_gpu.py
 allocate is poisoned with NaN, so an element the kernels fail to write fails the comparison.
 """
 
+import json
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated, i.e. at the first tnl_kernels import
@@ -165,4 +166,19 @@ def test_lightning_attn_block_configs(name, monkeypatch):
     q, k, v, slope, h0, cu, g = make_inputs(1, 150, 2, 32, 48, torch.float32, True, True, [0, 1, 99, 100, 150], 21)
     real = tnl_kernels.lightning_attn_triton
     monkeypatch.setattr(tnl_kernels, "lightning_attn_triton", lambda *a: real(*a, config=CONFIGS[name]))
+    check(q, k, v, slope, h0, cu, g)
+
+
+def _tuned_entries():
+    from tnl_kernels.la2_config import TUNED_PATH
+
+    return sorted(json.loads(TUNED_PATH.read_text()).items()) if TUNED_PATH.exists() else []
+
+
+@pytest.mark.parametrize("key,cfg", _tuned_entries() or [pytest.param("none", None, marks=pytest.mark.skip)])
+def test_lightning_attn_tuned_table_configs(key, cfg, monkeypatch):
+    """Every block config of the committed tuned table computes the same function (small shape, fp32)."""
+    q, k, v, slope, h0, cu, g = make_inputs(1, 300, 1, 32, 48, torch.float32, True, True, [0, 130, 131, 300], 31)
+    real = tnl_kernels.lightning_attn_triton
+    monkeypatch.setattr(tnl_kernels, "lightning_attn_triton", lambda *a: real(*a, config=cfg))
     check(q, k, v, slope, h0, cu, g)
