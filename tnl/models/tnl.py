@@ -17,6 +17,7 @@ output projection tied to the embeddings.
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +32,23 @@ from tnl.ops import lightning_attn, srms_norm
 LA2_FLOPS_BLOCK = 64
 
 
-@torch.compiler.disable
+def _attn_call(q, k, v, slope, state, return_state, cu_seqlens):
+    return lightning_attn(q, k, v, slope, initial_state=state, output_final_state=return_state, cu_seqlens=cu_seqlens)
+
+
+_attn_outside_compile = None
+
+
 def _lightning_attn(q, k, v, slope, state, return_state, cu_seqlens):
     """The LA2 op, kept out of torch.compile graphs: it validates on the host and dispatches to its own kernels
-    (Triton on CUDA), so one clean graph break per layer beats dynamo tracing into the facade."""
-    return lightning_attn(q, k, v, slope, initial_state=state, output_final_state=return_state, cu_seqlens=cu_seqlens)
+    (Triton on CUDA), so one clean graph break per layer beats dynamo tracing into the facade. torch._dynamo is only
+    touched once something imported it (importing it costs seconds; without it nothing can be compiling)."""
+    global _attn_outside_compile
+    if "torch._dynamo" not in sys.modules:
+        return _attn_call(q, k, v, slope, state, return_state, cu_seqlens)
+    if _attn_outside_compile is None:
+        _attn_outside_compile = torch.compiler.disable(_attn_call)
+    return _attn_outside_compile(q, k, v, slope, state, return_state, cu_seqlens)
 
 
 def alibi_slopes(n: int) -> list[float]:
