@@ -145,7 +145,9 @@ def test_tnl_export_roundtrip_in_process(tmp_path):
         for loaded in (TnlForCausalLM.from_pretrained(out),
                        AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)):
             assert torch.equal(loaded.eval()(ids).logits, want)
-    export_pretrained(core, out)  # replacing an existing export works
+    wrapped = torch.nn.Module()
+    wrapped.module = core  # like a DeepSpeed / DDP wrapper
+    export_pretrained(wrapped, out)  # unwraps, and replaces the existing export
     assert (out / "config.json").is_file() and not (out / "tokenizer.json").exists()
 
 

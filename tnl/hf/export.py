@@ -78,7 +78,17 @@ def _hf_model(model_cls, config, state_dict: dict[str, torch.Tensor]) -> nn.Modu
     return hf.eval()
 
 
+def _unwrap(model):
+    """The tnl model inside torch.compile (_orig_mod) / DeepSpeed or DDP (.module) wrappers."""
+    for _ in range(4):
+        if isinstance(getattr(model, "args", None), ModelArgs):
+            break
+        model = getattr(model, "_orig_mod", None) or getattr(model, "module", None) or model
+    return model
+
+
 def _write(model: nn.Module, tmp: Path) -> None:
+    model = _unwrap(model)
     args: ModelArgs = getattr(model, "args", None)
     if not isinstance(args, ModelArgs):
         raise TypeError(f"export_pretrained needs a tnl.models model (TnlLM / LlamaLM), got {type(model).__name__}")
