@@ -26,7 +26,7 @@ def _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT: tl.constexpr, IS_VARLEN: 
         bos = tl.zeros([], dtype=tl.int64)
         seq_len = tl.zeros([], dtype=tl.int64) + T
         c0 = i_n.to(tl.int64) * tl.cdiv(T, BT)
-        i_b = i_n
+        i_b = i_n.to(tl.int64)  # i_b * batch stride can pass 2^31 elements
     return i_b, bos, seq_len, c0
 
 
@@ -45,8 +45,8 @@ def _chunk_coords(cu_seqlens, chunk_indices, i_t, i_b_in, T, BT: tl.constexpr, I
         i_c = i_t
         bos = tl.zeros([], dtype=tl.int64)
         seq_len = tl.zeros([], dtype=tl.int64) + T
-        i_hc = i_b_in.to(tl.int64) * tl.cdiv(T, BT) + i_t
-        i_b = i_b_in
+        i_b = i_b_in.to(tl.int64)
+        i_hc = i_b * tl.cdiv(T, BT) + i_t
     return i_b, bos, seq_len, i_c, i_hc
 
 

@@ -158,6 +158,10 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
     Differentiable in q, k, v and initial_state. Expects inputs already validated by tnl.ops.
     config: optional {"fwd": {...}, "bwd": {...}} overriding block sizes (see la2_config; used by the tuner).
     """
+    B, H = q.shape[0], q.shape[2]
+    if (H if cu_seqlens is not None else B * H) > 65535:
+        raise ValueError(f"lightning_attn_triton: batch x heads = {B * H} exceeds the CUDA grid limit of 65535; "
+                         "split the batch")
     if slope is not None:
         slope = slope.float().contiguous()
     if initial_state is not None:

@@ -13,7 +13,7 @@ from tnl.reference import lightning_attn_chunked, lightning_attn_recurrent
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 # relative-norm tolerance per input dtype (bf16 rounds the operands of every product and the stored chunk states)
-TOL = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2e-2}
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}  # seen on H100: 4e-7, 3e-4, 2.8e-3
 
 
 @pytest.fixture(autouse=True)
