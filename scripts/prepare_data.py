@@ -26,6 +26,9 @@ def main(argv: list[str]) -> int:
     except (ConfigError, DataError) as e:
         print(f"prepare_data: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. data.dir not writable, disk full
+        print(f"prepare_data: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
     m = read_manifest(out)
     splits = ", ".join(f"{k} {v['docs']} docs / {v['tokens']} tokens" for k, v in m["splits"].items())
     print(f"prepared {out}: {splits} ({m['dtype']}, vocab {m['tokenizer']['vocab_size']})")

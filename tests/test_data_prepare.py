@@ -111,6 +111,9 @@ def test_rerun_is_noop_and_changes_rebuild(built, tmp_path, corpus):
     assert not is_prepared(c2)
     assert read_manifest(prepare(c2))["splits"]["train"]["docs"] == 150
     assert not is_prepared(c2 | {"val_fraction": 0.2})  # a changed setting too
+    (tmp_path / "moved").mkdir()  # the same file elsewhere (another TNL_DATA_ROOT) is still up to date
+    os.replace(inp, tmp_path / "moved" / "in.jsonl")
+    assert is_prepared(c2 | {"inputs": [str(tmp_path / "moved" / "in.jsonl")]})
 
 
 def test_all_formats_give_the_same_tokens(built, tmp_path, corpus):

@@ -70,8 +70,17 @@ def _describe_inputs(paths: list[str]) -> list[dict]:
             out.append({"path": p, "id": demo.python_docs_id()})
         else:
             split_name(p)  # unsupported type -> DataError before any work
-            out.append({"path": p, "bytes": os.path.getsize(p), "sha256": file_sha256(p)})
+            try:
+                out.append({"path": p, "bytes": os.path.getsize(p), "sha256": file_sha256(p)})
+            except OSError as e:
+                raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
     return out
+
+
+def _content(described: list[dict]) -> list[dict]:
+    """What the shards depend on: file names and contents, not where the files live (moving a corpus or changing
+    TNL_DATA_ROOT does not force a rebuild)."""
+    return [{k: (Path(v).name if k == "path" else v) for k, v in d.items()} for d in described]
 
 
 def _digest(obj: Any) -> str:
@@ -97,10 +106,11 @@ class _Plan:
         else:
             self.tokenizer_source = None
             token_dtype(c.vocab_size, c.token_dtype)  # fail before training when the vocab cannot be stored
-            self.tokenizer_fp = _digest({"train": self.inputs, "vocab_size": c.vocab_size, "seed": c.seed,
+            self.tokenizer_fp = _digest({"train": _content(self.inputs), "vocab_size": c.vocab_size, "seed": c.seed,
                                          "lines": c.tokenizer_train_lines, "reader": reader, "v": FORMAT_VERSION})
         self.fingerprint = _digest({
-            "v": FORMAT_VERSION, "tokenizer": self.tokenizer_fp, "inputs": self.inputs, "val_inputs": self.val_inputs,
+            "v": FORMAT_VERSION, "tokenizer": self.tokenizer_fp, "inputs": _content(self.inputs),
+            "val_inputs": _content(self.val_inputs),
             "val_fraction": 0.0 if c.val_inputs else float(c.val_fraction), "seed": c.seed, "reader": reader,
             "token_dtype": c.token_dtype, "shard_tokens": c.shard_tokens,
         })
