@@ -277,3 +277,19 @@ def test_flops_per_token():
             assert f32k - f2k == pytest.approx(6 * 24 * 1024 * (32768 - 2048))
         else:
             assert f32k == f2k  # linear attention: constant per token beyond one block
+
+
+@pytest.mark.parametrize("arch", ["tnl", "llama"])
+def test_init_is_normal_002_in_each_constructor(arch):
+    """Every matrix is N(0, 0.02) right after construction (inside each module's own __init__, as ZeRO-3's
+    zero.Init needs); LRPE thetas start at the released 10000^(-2j/d); RMSNorm gains at 1."""
+    torch.manual_seed(9)
+    model = build_model(tiny(arch, hidden_size=128, intermediate_size=256, vocab_size=500))
+    for name, p in model.named_parameters():
+        if "theta" in name:
+            d = p.numel()
+            assert torch.allclose(p.flatten(), 10000.0 ** (-2.0 / d * torch.arange(d)), rtol=1e-6), name
+        elif p.dim() == 1:
+            assert torch.equal(p, torch.ones_like(p)), name
+        else:
+            assert abs(p.mean().item()) < 2e-3 and p.std().item() == pytest.approx(0.02, rel=0.05), name

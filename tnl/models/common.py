@@ -20,12 +20,29 @@ class LMOutput:
     logits: torch.Tensor | None = None
 
 
-def init_normal(module: nn.Module, std: float) -> None:
-    """N(0, std) for every Linear / Embedding weight, zeros for biases (the released TNL init)."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, mean=0.0, std=std)
-        if getattr(module, "bias", None) is not None:
-            nn.init.zeros_(module.bias)
+class Linear(nn.Linear):
+    """Bias-free nn.Linear initialised N(0, std) inside its own constructor (the released init).
+
+    Initialising in the constructor matters for ZeRO-3: deepspeed.zero.Init partitions every module right after
+    its __init__, so an init applied later by a parent module would only touch empty shards."""
+
+    def __init__(self, in_features: int, out_features: int, std: float):
+        self.std = std
+        super().__init__(in_features, out_features, bias=False)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, mean=0.0, std=self.std)
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding initialised N(0, std) inside its own constructor (see Linear)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, std: float):
+        self.std = std
+        super().__init__(num_embeddings, embedding_dim)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, mean=0.0, std=self.std)
 
 
 def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

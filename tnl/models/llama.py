@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tnl.models.common import LMOutput, check_inputs, doc_positions, init_normal, lm_head_loss
+from tnl.models.common import Embedding, Linear, LMOutput, check_inputs, doc_positions, lm_head_loss
 from tnl.models.config import ModelArgs
 
 try:  # optional: flash_attn's varlen kernel for packed documents on CUDA
@@ -69,10 +69,10 @@ def causal_attention(q, k, v, cu_seqlens=None):
 class LlamaAttention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        D = args.hidden_size
+        D, std = args.hidden_size, args.initializer_range
         self.num_heads, self.head_dim = args.num_attention_heads, args.head_dim
-        self.qkv_proj = nn.Linear(D, 3 * D, bias=False)
-        self.o_proj = nn.Linear(D, D, bias=False)
+        self.qkv_proj = Linear(D, 3 * D, std)
+        self.o_proj = Linear(D, D, std)
 
     def forward(self, x, cos, sin, cu_seqlens=None):
         B, T, D = x.shape
@@ -83,10 +83,10 @@ class LlamaAttention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, std: float):
         super().__init__()
-        self.gate_up_proj = nn.Linear(dim, 2 * hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.gate_up_proj = Linear(dim, 2 * hidden, std)
+        self.down_proj = Linear(hidden, dim, std)
 
     def forward(self, x):
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -99,7 +99,7 @@ class LlamaBlock(nn.Module):
         self.input_layernorm = RMSNorm(args.hidden_size, args.norm_eps)
         self.self_attn = LlamaAttention(args)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.norm_eps)
-        self.mlp = SwiGLU(args.hidden_size, args.intermediate_size)
+        self.mlp = SwiGLU(args.hidden_size, args.intermediate_size, args.initializer_range)
 
     def forward(self, x, cos, sin, cu_seqlens=None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens)
@@ -114,13 +114,12 @@ class LlamaLM(nn.Module):
         if args.arch != "llama":
             raise ValueError(f"LlamaLM needs arch 'llama', got {args.arch!r}")
         self.args = args
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.embed_tokens = Embedding(args.vocab_size, args.hidden_size, args.initializer_range)
         self.layers = nn.ModuleList(LlamaBlock(args) for _ in range(args.num_hidden_layers))
         self.norm = RMSNorm(args.hidden_size, args.norm_eps)
         if not args.tie_word_embeddings:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+            self.lm_head = Linear(args.hidden_size, args.vocab_size, args.initializer_range)
         self.gradient_checkpointing = bool(args.gradient_checkpointing)
-        self.apply(lambda m: init_normal(m, args.initializer_range))
 
     @property
     def output_weight(self) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tnl.models.common import LMOutput, check_inputs, doc_positions, init_normal, lm_head_loss
+from tnl.models.common import Embedding, Linear, LMOutput, check_inputs, doc_positions, lm_head_loss
 from tnl.models.config import ModelArgs
 from tnl.ops import lightning_attn, srms_norm
 
@@ -94,16 +94,15 @@ class NormLinearAttention(nn.Module):
 
     def __init__(self, args: ModelArgs, layer_idx: int):
         super().__init__()
-        D, H = args.hidden_size, args.num_attention_heads
+        D, H, std = args.hidden_size, args.num_attention_heads, args.initializer_range
         self.num_heads, self.head_dim, self.eps = H, D // H, args.norm_eps
         self.gate_rank = args.gate_rank
         if self.gate_rank:
-            self.qkv_proj = nn.Linear(D, 3 * D, bias=False)
-            self.output_gate = nn.Sequential(nn.Linear(D, self.gate_rank, bias=False),
-                                             nn.Linear(self.gate_rank, D, bias=False))
+            self.qkv_proj = Linear(D, 3 * D, std)
+            self.output_gate = nn.Sequential(Linear(D, self.gate_rank, std), Linear(self.gate_rank, D, std))
         else:
-            self.qkvu_proj = nn.Linear(D, 4 * D, bias=False)
-        self.out_proj = nn.Linear(D, D, bias=False)
+            self.qkvu_proj = Linear(D, 4 * D, std)
+        self.out_proj = Linear(D, D, std)
         self.lrpe = Lrpe(H, self.head_dim) if layer_idx in args.lrpe_layers else None
         self.slopes = tnl_layer_slopes(H, layer_idx, args.num_hidden_layers)
         self._slope_cache: dict[torch.device, torch.Tensor] = {}
@@ -148,11 +147,11 @@ class NormLinearAttention(nn.Module):
 class SGLU(nn.Module):
     """TNL channel mixer: l3(l1(x) * l2(x)), a GLU without activation."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, std: float):
         super().__init__()
-        self.l1 = nn.Linear(dim, hidden, bias=False)
-        self.l2 = nn.Linear(dim, hidden, bias=False)
-        self.l3 = nn.Linear(hidden, dim, bias=False)
+        self.l1 = Linear(dim, hidden, std)
+        self.l2 = Linear(dim, hidden, std)
+        self.l3 = Linear(hidden, dim, std)
 
     def forward(self, x):
         return self.l3(self.l1(x) * self.l2(x))
@@ -163,7 +162,7 @@ class TnlBlock(nn.Module):
         super().__init__()
         self.eps = args.norm_eps
         self.token_mixer = NormLinearAttention(args, layer_idx)
-        self.channel_mixer = SGLU(args.hidden_size, args.intermediate_size)
+        self.channel_mixer = SGLU(args.hidden_size, args.intermediate_size, args.initializer_range)
 
     def forward(self, x, positions, cu_seqlens=None, state=None, padding_mask=None, return_state=False):
         h, state = self.token_mixer(srms_norm(x, self.eps), positions, cu_seqlens, state, padding_mask, return_state)
@@ -180,10 +179,10 @@ class TnlModules:
 
     def _build_tnl(self, args: ModelArgs) -> None:
         self.args = args
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.embed_tokens = Embedding(args.vocab_size, args.hidden_size, args.initializer_range)
         self.layers = nn.ModuleList(TnlBlock(args, i) for i in range(args.num_hidden_layers))
         if not args.tie_word_embeddings:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+            self.lm_head = Linear(args.hidden_size, args.vocab_size, args.initializer_range)
         self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(args.hidden_size)
         self.gradient_checkpointing = bool(args.gradient_checkpointing)
 
@@ -235,8 +234,7 @@ class TnlLM(TnlModules, nn.Module):
         super().__init__()
         if args.arch != "tnl":
             raise ValueError(f"TnlLM needs arch 'tnl', got {args.arch!r}")
-        self._build_tnl(args)
-        self.apply(lambda m: init_normal(m, args.initializer_range))
+        self._build_tnl(args)  # every weight is initialised N(0, initializer_range) by its own constructor
 
     def forward(self, input_ids, targets=None, cu_seqlens=None) -> LMOutput:
         check_inputs(input_ids, targets, cu_seqlens, self.args.vocab_size)
