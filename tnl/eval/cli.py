@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="zero-shot tasks: 'all' or a comma list (lambada_openai,piqa,arc_easy,...)")
     p.add_argument("--data-dir", help="folder of the task files (default: $TNL_EVAL_ROOT or ../shared/evals)")
     p.add_argument("--limit", type=int, default=0, help="first N documents of each task (0: all)")
+    p.add_argument("--backend", choices=("tnl", "lm-eval"), default="tnl",
+                   help="task scorer: tnl's own (EOS-prefixed requests; any --run/--hf) or lm-evaluation-harness "
+                        "(the `eval` extra; scores the HF directory, as lm-eval does: no prefix)")
     p.add_argument("--max-len", type=int, default=2048, help="longest task request in tokens (default 2048)")
     p.add_argument("--device", help="cpu | cuda[:i] (default: cuda when available)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), help="autocast dtype (default: bf16 on CUDA, fp32 on CPU)")
@@ -116,6 +119,8 @@ def run(args) -> dict:
     if args.run is None and (args.tag is not None or args.source != "checkpoint"):
         raise EvalError("--tag and --source apply to --run only")
     tasks = parse_task_list(args.tasks) if args.tasks else []
+    if tasks and args.backend == "lm-eval" and args.run and args.source != "hf":
+        raise EvalError("--backend lm-eval scores an HF directory: use --hf DIR or --run RUN --source hf")
     if args.run:
         lm = load_run(args.run, args.tag, args.source, args.device, args.dtype)
         run_cfg = _run_config(Path(args.run))
@@ -138,10 +143,17 @@ def run(args) -> dict:
         report["heldout"] = {**where, "seq_len": seq_len, **result}
     if tasks:
         root = Path(args.data_dir) if args.data_dir else default_root()
-        report["tasks"] = {"data_dir": str(root), "limit": args.limit}
-        for name in tasks:
-            report["tasks"][name] = evaluate_task(lm, name, root, args.limit, args.batch_size, args.max_len,
-                                                  progress=not args.no_progress)
+        report["tasks"] = {"data_dir": str(root), "limit": args.limit, "backend": args.backend}
+        if args.backend == "lm-eval":
+            from tnl.eval.lm_eval_bridge import run_lm_eval
+
+            dtype = "bfloat16" if str(lm.dtype) == "torch.bfloat16" else "float32"
+            report["tasks"].update(run_lm_eval(lm.info["path"], tasks, root, args.limit, args.batch_size,
+                                               str(lm.device), dtype, args.max_len))
+        else:
+            for name in tasks:
+                report["tasks"][name] = evaluate_task(lm, name, root, args.limit, args.batch_size, args.max_len,
+                                                      progress=not args.no_progress)
     return report
 
 

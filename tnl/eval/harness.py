@@ -4,8 +4,9 @@
     result = evaluate_task(lm, "piqa", root, limit=0)      # {"acc": .., "acc_norm": .., "n": ..}
 
 Tokenization as lm-evaluation-harness does it: the context is encoded alone and the pair whole; the continuation's
-tokens are the whole's tokens past the context's. Every sequence starts with EOS, the token that precedes every
-document in training (documents are EOS-separated), so a context reads as the start of a document. Sequences longer
+tokens are the whole's tokens past the context's. By default every sequence starts with EOS, the token that precedes
+every document in training (documents are EOS-separated), so a context reads as the start of a document;
+prefix_eos=False scores exactly as lm-eval's HF model does for these tokenizers (no prefix). Sequences longer
 than max_len keep their last max_len tokens. Requests are sorted by length and right-padded into batches: the models
 are causal, so padding after a sequence cannot change its log-probabilities.
 """
@@ -22,36 +23,38 @@ from tnl.eval.lm import EvalError, EvalLM
 from tnl.eval.tasks import TASKS, load_docs
 
 
-def encode_pair(lm: EvalLM, context: str, continuation: str, max_len: int) -> tuple[list[int], int]:
-    """Token ids of EOS + context + continuation (at most max_len + 1, the oldest dropped) and the number of
-    continuation tokens at its end."""
+def encode_pair(lm: EvalLM, context: str, continuation: str, max_len: int,
+                prefix_eos: bool = True) -> tuple[list[int], int]:
+    """Token ids of [EOS] + context + continuation (at most max_len + 1, the oldest dropped) and the number of
+    continuation tokens at its end. As lm-eval does: trailing whitespace of the context moves onto the
+    continuation, and the continuation's tokens are those of the whole past the context's."""
     if lm.tokenizer is None:
         raise EvalError("this model came without a tokenizer: tasks need one")
-    # lm-eval moves trailing spaces of the context onto the continuation
-    stripped = context.rstrip(" ")
+    stripped = context.rstrip()
     continuation = context[len(stripped):] + continuation
-    prefix = [int(lm.eos_id)] if lm.eos_id is not None else []
+    prefix = [int(lm.eos_id)] if prefix_eos and lm.eos_id is not None else []
     ctx = prefix + lm.tokenizer.encode(stripped)
     whole = prefix + lm.tokenizer.encode(stripped + continuation)
     n_cont = len(whole) - len(ctx)
-    if n_cont <= 0 or whole[:len(ctx)] != ctx:  # merges across the boundary: encode the two parts separately
+    if n_cont <= 0:  # the continuation merged into the context's last token: encode the two parts separately
         whole = ctx + lm.tokenizer.encode(continuation)
         n_cont = len(whole) - len(ctx)
     if n_cont <= 0:
         raise EvalError(f"continuation {continuation!r} encodes to no tokens")
     if len(whole) < 2:
-        raise EvalError("a request needs at least 2 tokens (give the model an EOS id or a context)")
+        raise EvalError(f"request {context!r} + {continuation!r} has fewer than 2 tokens (no EOS prefix to condition "
+                        "on)")
     whole = whole[-(max_len + 1):]
     return whole, min(n_cont, len(whole) - 1)
 
 
 @torch.no_grad()
 def loglikelihoods(lm: EvalLM, pairs: Sequence[tuple[str, str]], batch_size: int = 16, max_len: int = 2048,
-                   progress: bool = True, desc: str = "score") -> list[tuple[float, bool]]:
+                   progress: bool = True, desc: str = "score", prefix_eos: bool = True) -> list[tuple[float, bool]]:
     """(log-likelihood of the continuation given the context, whether greedy decoding would produce it) per pair."""
     from tqdm import tqdm
 
-    encoded = [encode_pair(lm, c, x, max_len) for c, x in pairs]
+    encoded = [encode_pair(lm, c, x, max_len, prefix_eos) for c, x in pairs]
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     out: list[tuple[float, bool] | None] = [None] * len(encoded)
     bar = tqdm(total=len(encoded), desc=desc, unit="req", disable=not progress, dynamic_ncols=True)
@@ -98,12 +101,12 @@ def task_metrics(name: str, docs, scores: list[tuple[float, bool]]) -> dict:
 
 
 def evaluate_task(lm: EvalLM, name: str, root=None, limit: int = 0, batch_size: int = 16, max_len: int = 2048,
-                  progress: bool = True, path=None) -> dict:
+                  progress: bool = True, path=None, prefix_eos: bool = True) -> dict:
     """Load a task's local file, score every pair, return its metrics (+ n and seconds)."""
     docs = load_docs(name, root, limit, path)
     pairs = [p for d in docs for p in d.pairs]
     t0 = time.perf_counter()
-    scores = loglikelihoods(lm, pairs, batch_size, max_len, progress, desc=name)
+    scores = loglikelihoods(lm, pairs, batch_size, max_len, progress, desc=name, prefix_eos=prefix_eos)
     result = task_metrics(name, docs, scores)
     result["seconds"] = round(time.perf_counter() - t0, 3)
     return result
