@@ -236,7 +236,7 @@ def lightning_attn(q, k, v, slope=None, *, initial_state=None, output_final_stat
     Examples::
         >>> import torch
         >>> from tnl.ops import lightning_attn
-        >>> B, T, H, D, E = 4, 2048, 8, 128, 128
+        >>> B, T, H, D, E = 2, 1024, 4, 64, 64
         >>> q, k = (torch.randn(B, T, H, D) for _ in range(2))
         >>> v = torch.randn(B, T, H, E)
         >>> slope = torch.rand(H)
