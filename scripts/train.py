@@ -8,9 +8,15 @@
 Re-running the same command with the same run_dir resumes from its latest complete checkpoint.
 """
 
+import os
 import sys
 
 from tnl.train.run import cli
 
 if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    rc = cli(sys.argv[1:])
+    # Everything is written and closed by now; skip interpreter teardown, where DeepSpeed's process groups
+    # stall each rank for seconds.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)

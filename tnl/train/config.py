@@ -1,8 +1,9 @@
 """Typed schema of the training config and the Hydra composition that applies it.
 
-configs/config.yaml and its groups are composed by Hydra's compose API (no chdir, no outputs/ folder, no .hydra/),
-then merged onto the dataclasses below, so a misspelt key or a value of the wrong type fails with one line naming
-it. The `model` and `data` groups are open mappings: their keys belong to tnl.models and tnl.data, which check them.
+configs/config.yaml and its groups are composed by Hydra's compose API (no chdir, no outputs/ folder, no .hydra/)
+on top of the dataclasses below (registered as the schema `tnl_schema`), so a misspelt key or a value of the wrong
+type fails with one line naming it. The defaults of every knob live here, once. The `model` and `data` groups are
+open mappings: their keys belong to tnl.models and tnl.data, which check them.
 """
 
 from __future__ import annotations
@@ -99,6 +100,16 @@ def _one_line(err: Exception) -> str:
     return f"{msg} (key: {full_key})" if full_key and full_key not in msg else msg
 
 
+SCHEMA_NAME = "tnl_schema"  # configs/config.yaml lists it first in its defaults
+
+
+def register_schema() -> None:
+    """Make RootConfig known to Hydra, so overrides of any schema key (even one no yaml sets) are accepted."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=RootConfig)
+
+
 def compose(overrides: list[str], config_dir: Path | str | None = None) -> DictConfig:
     """Compose configs/config.yaml with command-line overrides, validate, resolve; raise ConfigError on bad input."""
     from hydra import compose as hydra_compose
@@ -109,14 +120,19 @@ def compose(overrides: list[str], config_dir: Path | str | None = None) -> DictC
     config_dir = Path(config_dir or CONFIG_DIR).resolve()
     if not (config_dir / "config.yaml").is_file():
         raise ConfigError(f"no config.yaml in {config_dir}")
+    register_schema()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="tnl"):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
-        schema = OmegaConf.structured(RootConfig)
-        cfg = OmegaConf.merge(schema, cfg)
+        # Hydra lets `+trainer.foo=1` into the typed node: re-merge a plain copy onto the schema to refuse it.
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        cfg = OmegaConf.merge(OmegaConf.structured(RootConfig), plain)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(_one_line(err)) from None
+        msg = _one_line(err)
+        if err.__cause__ is not None and str(err.__cause__):
+            msg = f"{msg}: {_one_line(err.__cause__)}"
+        raise ConfigError(msg) from None
     check(cfg)
     return cfg
 
@@ -151,6 +167,12 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.progress must be auto, bar or log, got {t.progress!r}")
     if "arch" not in cfg.model:
         raise ConfigError("the model group has no 'arch' key: pick one with model=<name> (configs/model/)")
+
+
+def model_error(err: Exception) -> ConfigError:
+    """A model-building error as a ConfigError whose message says it is about the model group."""
+    msg = str(err)
+    return ConfigError(msg if msg.startswith("model") else f"model config: {msg}")
 
 
 def to_dict(node: Any) -> Any:

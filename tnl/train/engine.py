@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +14,15 @@ from omegaconf import DictConfig, OmegaConf
 
 import tnl
 from tnl.train import checkpoint, dist
-from tnl.train.config import ConfigError
+from tnl.train.config import model_error
 from tnl.train.metrics import build_sinks, peak_flops
 from tnl.train.optim import WarmupCosine, build_optimizer, deepspeed_config, resolve_precision
 from tnl.train.trainer import StepGate, Trainer, TrainState
 
 log = logging.getLogger("tnl.train")
+
+# Tests set this to a step number: rank 0 then dies by SIGKILL in the middle of writing that step's checkpoint.
+KILL_DURING_SAVE = "TNL_FAULT_KILL_DURING_SAVE"
 
 
 def build_model(model_cfg: dict, ds_config: dict | None = None, zero_init: bool = False) -> torch.nn.Module:
@@ -30,7 +35,7 @@ def build_model(model_cfg: dict, ds_config: dict | None = None, zero_init: bool 
                 return build(model_cfg)
         return build(model_cfg)
     except (TypeError, ValueError, KeyError) as err:
-        raise ConfigError(f"model config: {err}") from None
+        raise model_error(err) from None
 
 
 class Session:
@@ -83,6 +88,8 @@ class Session:
 
     def save(self, trainer: Trainer, fault_hook=None) -> str:
         state = trainer.state
+        if fault_hook is None and self.env.is_main and os.environ.get(KILL_DURING_SAVE) == str(state.step):
+            fault_hook = lambda: os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume tests
         rank_state = {"trainer": state.state_dict(), "loader": trainer.train_loader.state_dict(),
                       "rng": checkpoint.rng_state()}
         tag = checkpoint.save(self.engine, self.ckpt_dir, state.step, rank_state, self.meta(state),

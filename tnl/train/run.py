@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tnl.train import dist
-from tnl.train.config import ConfigError, to_dict
+from tnl.train.config import ConfigError, model_error, to_dict
 
 log = logging.getLogger("tnl.train")
 
@@ -38,7 +38,10 @@ def dry_run(cfg: DictConfig) -> int:
     """Print parameters=<int> (meta device, nothing allocated) and the resolved config."""
     from tnl.models import count_parameters
 
-    n = count_parameters(to_dict(cfg.model))
+    try:
+        n = count_parameters(to_dict(cfg.model))
+    except (TypeError, ValueError, KeyError) as err:
+        raise model_error(err) from None
     print(f"parameters={n}")
     print(OmegaConf.to_yaml(cfg, resolve=True), end="")
     return n
