@@ -49,6 +49,12 @@ def run_dir(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def hf_lm(run_dir):
+    """The run's hf/ export, loaded once for the tests that only read it."""
+    return load_run(run_dir, source="hf", device="cpu")
+
+
 def reference_loss(model, batches) -> float:
     """Float64 log-softmax of the training model's full logits, averaged over every target."""
     nll, count = 0.0, 0
@@ -87,8 +93,8 @@ def test_cli_json_to_stdout_and_file(run_dir, tmp_path, capsys):
     assert printed["heldout"]["seq_len"] == 32  # the run's trainer.seq_len
 
 
-def test_text_files_score_every_token_once(run_dir, tmp_path):
-    lm = load_run(run_dir, source="hf", device="cpu")
+def test_text_files_score_every_token_once(hf_lm, tmp_path):
+    lm = hf_lm
     rng = np.random.default_rng(1)
     docs = [make_text(rng, 40), make_text(rng, 7)]
     paths = [tmp_path / "a.txt", tmp_path / "b.jsonl"]
@@ -140,8 +146,8 @@ def hand_loglik(lm, context: str, continuation: str) -> tuple[float, bool]:
 
 
 @pytest.mark.parametrize("name", ["piqa", "lambada_openai", "winogrande", "hellaswag"])
-def test_task_metrics_from_the_models_own_logliks(run_dir, tmp_path, name):
-    lm = load_run(run_dir, source="hf", device="cpu")
+def test_task_metrics_from_the_models_own_logliks(hf_lm, tmp_path, name):
+    lm = hf_lm
     synthetic_task_files(tmp_path, np.random.default_rng(2))
     docs = load_docs(name, tmp_path)
     hand = [[hand_loglik(lm, c, x) for c, x in d.pairs] for d in docs]
@@ -175,8 +181,8 @@ def test_real_task_files_parse():
         assert all(x.startswith(" ") and len(c) > 0 for d in docs for c, x in d.pairs)
 
 
-def test_encode_pair_truncates_from_the_left(run_dir):
-    lm = load_run(run_dir, source="hf", device="cpu")
+def test_encode_pair_truncates_from_the_left(hf_lm):
+    lm = hf_lm
     context = " ".join(["the river ran past a mill"] * 20)
     ids, n = encode_pair(lm, context + " ", "bread", max_len=16)  # the trailing space moves to the continuation
     whole = lm.tokenizer.encode(context + " bread")
@@ -204,3 +210,13 @@ def test_cli_errors_are_one_line(run_dir, tmp_path, capsys, argv, message):
 def test_load_run_without_checkpoint(tmp_path):
     with pytest.raises(EvalError, match="no complete checkpoint"):
         load_run(tmp_path, device="cpu")
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_loss_close_to_cpu_fp32(run_dir):
+    cpu = load_run(run_dir, source="checkpoint", device="cpu")
+    batches, total = val_batches(Path(cpu.info["data_dir"]), 32, 4)
+    ref = heldout_loss(cpu, batches, total, max_batches=2, progress=False)["loss"]
+    for source in ("checkpoint", "hf"):
+        gpu = load_run(run_dir, source=source, device="cuda", dtype="bf16")
+        assert heldout_loss(gpu, batches, total, max_batches=2, progress=False)["loss"] == pytest.approx(ref, rel=1e-2)

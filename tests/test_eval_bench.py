@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = [sys.executable, str(REPO / "scripts" / "bench_train.py")]
 
@@ -38,3 +40,13 @@ def test_unknown_model_is_one_error_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:") and "nope" in lines[0]
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.gpu
+def test_gpu_sweep_small(tmp_path):
+    proc = subprocess.run(SCRIPT + ["--models", "tnl_tiny,llama_tiny", "--seq-lens", "512,1024", "--tokens", "2048",
+                                    "--warmup", "1", "--steps", "2", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(next(tmp_path.glob("*.json")).read_text())["results"]
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["peak_mem_gib"] > 0 for r in rows)
