@@ -6,6 +6,8 @@ Keys of a phase config:
   BK, BV          D and E tiles of the sequential state passes (smaller tiles = more programs for long sequences)
   BKO, BVO        D tile (looped) and E tile (grid) of the forward output pass
   BVB             E tile looped over by the backward dq/dk/dv pass (which holds the whole D)
+  SEG             0: each state pass walks a whole sequence in one program; n > 0: it walks segments of n chunks
+                  in parallel and a scan joins them (more programs for long sequences; not yet measured on a GPU)
   warps_*/stages_*  num_warps / num_stages of the state pass (s), output pass (o), dq/dk/dv pass (b)
 `la2_tuned.json` beside this file (written by benchmarks/tune_la2.py on a GPU) overrides the heuristic per key
 "<dtype>/D<D>/E<E>/<class>", class from the number of (sequence, head) pairs: few (<= 32), mid (<= 128), many.

@@ -158,6 +158,9 @@ CONFIGS = {
     "bt32_small_tiles": {"fwd": {"BT": 32, "BK": 16, "BV": 32, "BKO": 32, "BVO": 16},
                          "bwd": {"BT": 32, "BK": 16, "BV": 16, "BVB": 32}},
     "bt16": {"fwd": {"BT": 16}, "bwd": {"BT": 16}},
+    # segmented state walks: per-segment local states + a scan across segments, fixed up by the consumers
+    "seg2_bt16": {"fwd": {"BT": 16, "SEG": 2}, "bwd": {"BT": 16, "SEG": 3}},
+    "seg1_bt32": {"fwd": {"BT": 32, "SEG": 1, "BVO": 16}, "bwd": {"BT": 32, "SEG": 1, "BVB": 16}},
 }
 
 
@@ -167,6 +170,18 @@ def test_lightning_attn_block_configs(name, monkeypatch):
     real = tnl_kernels.lightning_attn_triton
     monkeypatch.setattr(tnl_kernels, "lightning_attn_triton", lambda *a: real(*a, config=CONFIGS[name]))
     check(q, k, v, slope, h0, cu, g)
+
+
+@pytest.mark.parametrize("decay,cu,dtype", [(True, None, torch.float32), (False, None, torch.float16),
+                                             (False, [0, 37, 38, 100], torch.float32)])
+def test_lightning_attn_segmented_walk(decay, cu, dtype, monkeypatch):
+    """SEG > 0 without documents, without decay, in fp16, and with an initial state on a packed batch."""
+    B = 2 if cu is None else 1
+    q, k, v, slope, h0, cu_t, g = make_inputs(B, 100, 2, 16, 32, dtype, decay, cu is not None, cu, 41)
+    real = tnl_kernels.lightning_attn_triton
+    cfg = {"fwd": {"BT": 16, "SEG": 2}, "bwd": {"BT": 16, "SEG": 2}}
+    monkeypatch.setattr(tnl_kernels, "lightning_attn_triton", lambda *a: real(*a, config=cfg))
+    check(q, k, v, slope, h0, cu_t, g)
 
 
 def _tuned_entries():
