@@ -163,8 +163,14 @@ def test_export_failure_leaves_nothing(tmp_path):
 def test_remote_code_loads_where_tnl_is_not_importable(tmp_path):
     """A subprocess without the repo on sys.path and without site .pth files (so no editable finder) loads the
     export with trust_remote_code, gets the same logits and generates."""
+    from tnl.hf.bundle import bundle_sources, kernel_data_files
+
     core, hf = pair(seed=6)
     out = export_pretrained(core, tmp_path / "hf")
+    data = kernel_data_files()  # e.g. the kernels' tuned table: must reach the remote-code cache
+    embedders = {f[:-3]: [n for n in data if n in src] for f, src in bundle_sources().items()
+                 if "data files bundled by tnl.hf.bundle" in src}
+    assert bool(embedders) == bool(data)
     ids = torch.randint(1, V, (2, 9))
     with torch.no_grad():
         torch.save({"ids": ids, "logits": core(ids).logits, "gen": greedy(hf, ids, 5)}, tmp_path / "io.pt")
@@ -185,6 +191,11 @@ def test_remote_code_loads_where_tnl_is_not_importable(tmp_path):
             assert torch.equal(m(io["ids"]).logits, io["logits"])
             g = m.generate(io["ids"], max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None)
         assert torch.equal(g, io["gen"]), (g, io["gen"])
+        import importlib, pathlib
+        pkg = type(m).__module__.rsplit(".", 1)[0]
+        for mod, names in {embedders!r}.items():
+            f = pathlib.Path(importlib.import_module(pkg + "." + mod).__file__)
+            assert all((f.parent / n).is_file() for n in names), (mod, names)
         print("REMOTE-OK", type(m).__module__)
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}

@@ -5,6 +5,8 @@ flat in the same folder) into its module cache. So we copy the modeling/config f
 they need (found by following imports), and every kernels/*.py file, flattened to one folder with names like
 `tnl_models_tnl.py` / `tnl_kernels_la2_fwd.py`, and rewrite each import of tnl / tnl_kernels into a relative one.
 The result imports only torch, transformers and (for the Triton path) triton.
+Data files of the kernels (e.g. the tuned block-size table la2_tuned.json) are embedded in the bundled module that
+names them and written beside it on import, because the remote-code cache holds .py files only.
 """
 
 from __future__ import annotations
@@ -115,12 +117,46 @@ def _rewrite(source: str, current: str) -> tuple[str, set[str]]:
     return _IMPORT_MODULE.sub(dynamic, source), needed
 
 
+def _embed_data_files(source: str, data: dict[str, str]) -> str:
+    """Prepend (after the docstring / __future__ imports) code writing `data` files beside the module if absent."""
+    tree = ast.parse(source)
+    body = tree.body
+    i = 1 if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+        and isinstance(body[0].value.value, str) else 0
+    while i < len(body) and isinstance(body[i], ast.ImportFrom) and body[i].module == "__future__":
+        i += 1
+    cut = body[i].lineno - 1 if i < len(body) else len(source.splitlines())
+    snippet = (
+        "# data files bundled by tnl.hf.bundle (the remote-code cache holds .py files only): written beside this\n"
+        "# module on import if absent\n"
+        "import pathlib as _tnl_pathlib\n\n"
+        f"for _tnl_name, _tnl_text in {data!r}.items():\n"
+        "    _tnl_path = _tnl_pathlib.Path(__file__).with_name(_tnl_name)\n"
+        "    if not _tnl_path.exists():\n"
+        "        try:\n"
+        "            _tnl_path.write_text(_tnl_text)\n"
+        "        except OSError:\n"
+        "            pass\n\n")
+    lines = source.splitlines(keepends=True)
+    return "".join(lines[:cut]) + snippet + "".join(lines[cut:])
+
+
+def kernel_data_files() -> dict[str, str]:
+    """{name: text} of the non-Python files beside the kernels (tuned tables), small text files only."""
+    out = {}
+    for f in sorted(_package_dir("tnl_kernels").iterdir()):
+        if f.is_file() and f.suffix in (".json", ".txt", ".csv") and f.stat().st_size < (1 << 20):
+            out[f.name] = f.read_text(encoding="utf-8")
+    return out
+
+
 def bundle_sources() -> dict[str, str]:
     """{file name: source} of the self-contained modeling code (flat, relative imports only)."""
     queue = list(ROOTS)
     kernels_dir = _package_dir("tnl_kernels")
     queue += ["tnl_kernels"] + [f"tnl_kernels.{'.'.join(p.relative_to(kernels_dir).with_suffix('').parts)}"
                                 for p in sorted(kernels_dir.rglob("*.py")) if p.name != "__init__.py"]
+    data = kernel_data_files()
     out: dict[str, str] = {}
     done: set[str] = set()
     while queue:
@@ -132,7 +168,8 @@ def bundle_sources() -> dict[str, str]:
         if path is None:
             raise ValueError(f"cannot bundle module {name}: source not found")
         source, needed = _rewrite(path.read_text(encoding="utf-8"), name)
-        out[flat_name(name) + ".py"] = source
+        used = {k: v for k, v in data.items() if k in source}
+        out[flat_name(name) + ".py"] = _embed_data_files(source, used) if used else source
         queue += sorted(needed - done)
     manifest = "\n".join(f"    from .{Path(f).stem} import __doc__ as _  # noqa" for f in sorted(out)
                          if f != "modeling_tnl.py")
