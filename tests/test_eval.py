@@ -3,6 +3,7 @@ number a float64 reference gives), text files, zero-shot task metrics from the m
 one-line CLI errors. One tiny run (tnl_tiny, 2 steps on a generated corpus) is trained once for the module."""
 
 import json
+import lzma
 import math
 import os
 import subprocess
@@ -97,9 +98,10 @@ def test_text_files_score_every_token_once(hf_lm, tmp_path):
     lm = hf_lm
     rng = np.random.default_rng(1)
     docs = [make_text(rng, 40), make_text(rng, 7)]
-    paths = [tmp_path / "a.txt", tmp_path / "b.jsonl"]
+    paths = [tmp_path / "a.txt", tmp_path / "b.jsonl.xz"]
     paths[0].write_text(docs[0])
-    paths[1].write_text(json.dumps({"text": docs[1]}) + "\n")
+    with lzma.open(paths[1], "wt") as f:
+        f.write(json.dumps({"text": docs[1]}) + "\n")
     stream = lm.tokenizer.encode(docs[0]) + [lm.eos_id] + lm.tokenizer.encode(docs[1]) + [lm.eos_id]
     batches, total = text_batches(paths, lm.tokenizer, lm.eos_id, seq_len=13, batch_size=3)
     result = heldout_loss(lm, batches, total, progress=False)
@@ -196,6 +198,8 @@ def test_encode_pair_truncates_from_the_left(hf_lm):
     (["--run", "{run}", "--text", "{tmp}/missing.txt"], "does not exist"),
     (["--run", "{run}", "--tasks", "piqa", "--data-dir", "{tmp}"], "no file"),
     (["--run", "{run}", "model=tnl_tiny"], "only data=NAME"),
+    (["--run", "{run}", "data=demo", "data.dir={tmp}/none"], "not prepared"),
+    (["--run", "{run}", "--tasks", "piqa", "--backend", "lm-eval"], "HF directory"),
 ])
 def test_cli_errors_are_one_line(run_dir, tmp_path, capsys, argv, message):
     out = tmp_path / "r.json"

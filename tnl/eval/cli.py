@@ -62,7 +62,7 @@ def _run_config(run_dir: Path) -> dict:
 
 
 def _data_dir(args, lm: EvalLM, run_cfg: dict) -> Path:
-    """The prepared data dir to take the validation split of (prepared on first use, like train.py does)."""
+    """The prepared data dir to take the validation split of; its tokenizer must be the model's."""
     if args.overrides:
         bad = [o for o in args.overrides if not (o.startswith("data=") or o.startswith("data."))]
         if bad:
@@ -71,9 +71,13 @@ def _data_dir(args, lm: EvalLM, run_cfg: dict) -> Path:
         from tnl.train.config import compose, to_dict
 
         data_cfg = to_dict(compose(list(args.overrides)).data)
+        data_dir = Path(data_cfg["dir"])
+        if not (data_dir / "manifest.json").is_file():
+            # preparing here would train a tokenizer the model has never seen
+            raise EvalError(f"data {data_cfg.get('name')!r} is not prepared in {data_dir}: set data.dir to the "
+                            "prepared dir the model was trained with, or give the raw files with --text")
         if not tnl.data.is_prepared(data_cfg):
-            log.info("data %r is not prepared in %s: preparing it now", data_cfg.get("name"), data_cfg.get("dir"))
-        data_dir = Path(tnl.data.prepare(data_cfg))
+            log.warning("%s was prepared from another config than the one given: evaluating it as prepared", data_dir)
     elif lm.info.get("data_dir"):
         data_dir = Path(lm.info["data_dir"])
     elif run_cfg:

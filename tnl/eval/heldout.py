@@ -1,7 +1,7 @@
 """Held-out loss and perplexity: token-weighted mean next-token NLL over a validation split or over text files.
 
     batches = val_batches(data_dir, seq_len, batch_size)         # tnl.data.PackedLoader(split="val"), once, in order
-    batches = text_batches(paths, lm.tokenizer, lm.eos_id, ...)  # .txt / .jsonl files, each file or line a document
+    batches = text_batches(paths, lm.tokenizer, lm.eos_id, ...)  # .txt/.jsonl/.parquet (.xz/.gz/...) documents
     result = heldout_loss(lm, batches)                           # {"loss", "perplexity", "tokens", "batches", ...}
 
 loss = sum of NLL over every scored target / number of targets (nats), perplexity = exp(loss). Windows do not
@@ -10,7 +10,6 @@ overlap: each token is predicted once, from the tokens before it in its window (
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,21 +32,17 @@ def val_batches(data_dir: str | Path, seq_len: int, batch_size: int) -> tuple[It
 
 
 def _read_documents(path: Path, text_field: str) -> list[str]:
-    """A .txt file is one document; a .jsonl file is one document per line (its `text_field`)."""
+    """Documents of a .txt / .jsonl / .parquet file, plain or compressed (tnl.data's readers: a .txt file is one
+    document, a .jsonl line one document with its text in `text_field`)."""
+    from tnl.data import DataError
+    from tnl.data.readers import iter_documents
+
     if not path.is_file():
         raise EvalError(f"text file {path} does not exist")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix != ".jsonl":
-        return [text]
-    docs = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            docs.append(json.loads(line)[text_field])
-        except (ValueError, KeyError, TypeError):
-            raise EvalError(f"{path}:{i}: not a JSON object with a {text_field!r} field") from None
-    return docs
+    try:
+        return list(iter_documents(str(path), text_field))
+    except DataError as err:
+        raise EvalError(str(err)) from None
 
 
 def text_batches(paths: Sequence[str | Path], tokenizer, eos_id: int | None, seq_len: int, batch_size: int,
