@@ -127,8 +127,16 @@ def test_all_formats_give_the_same_tokens(built, tmp_path, corpus):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"body": docs}), tmp_path / "e.parquet")
+    names = ["a.jsonl", "b.jsonl.gz", "c.jsonl.bz2", "d.txt", "e.parquet"]
+    try:
+        import zstandard
+
+        (tmp_path / "f.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress((tmp_path / "a.jsonl").read_bytes()))
+        names.append("f.jsonl.zst")
+    except ImportError:  # optional dependency; its absence is checked in test_zst_without_zstandard
+        pass
     ref = None
-    for name in ("a.jsonl", "b.jsonl.gz", "c.jsonl.bz2", "d.txt", "e.parquet"):
+    for name in names:
         c = cfg(tmp_path, [str(tmp_path / name)], text_field="body", doc_separator="\n\n\n", tokenizer=str(out),
                 dir=str(tmp_path / f"out-{name}"))
         got = shard_docs(prepare(c))
@@ -138,6 +146,13 @@ def test_all_formats_give_the_same_tokens(built, tmp_path, corpus):
         assert all(np.array_equal(x, y) for x, y in zip(ref, got)), name
     # a reused tokenizer is copied, not retrained
     assert prep.file_sha256(tmp_path / "out-a.jsonl" / "tokenizer.model") == prep.file_sha256(out / "tokenizer.model")
+
+
+def test_zst_without_zstandard(tmp_path, monkeypatch):
+    (tmp_path / "a.jsonl.zst").write_bytes(b"(\xb5/\xfd")
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import zstandard -> ImportError
+    with pytest.raises(DataError, match="needs the 'zstandard' package"):
+        prepare(cfg(tmp_path, [str(tmp_path / "a.jsonl.zst")]))
 
 
 def test_uint32_shards_and_dtype_rule(built, tmp_path, corpus):
