@@ -183,6 +183,15 @@ def test_real_task_files_parse():
         assert all(x.startswith(" ") and len(c) > 0 for d in docs for c, x in d.pairs)
 
 
+def test_paper_average():
+    from tnl.eval.tasks import paper_average
+
+    res = {"piqa": {"acc": 0.6, "acc_norm": 0.1}, "hellaswag": {"acc": 0.0, "acc_norm": 0.3}, "lambada_openai": {
+        "acc": 0.9}, "data_dir": "x"}
+    assert paper_average(res) == {"value": pytest.approx(0.45), "tasks": {"piqa": "acc", "hellaswag": "acc_norm"}}
+    assert paper_average({"lambada_openai": {"acc": 1.0}}) is None
+
+
 def test_encode_pair_truncates_from_the_left(hf_lm):
     lm = hf_lm
     context = " ".join(["the river ran past a mill"] * 20)

@@ -113,7 +113,7 @@ def run(args) -> dict:
     """Load the model, evaluate what was asked, return the report (written by main)."""
     from tnl.eval.harness import evaluate_task
     from tnl.eval.heldout import heldout_loss, text_batches, val_batches
-    from tnl.eval.tasks import default_root, parse_task_list
+    from tnl.eval.tasks import default_root, paper_average, parse_task_list
 
     for name in ("batch_size", "max_len"):
         if getattr(args, name) < 1:
@@ -158,6 +158,9 @@ def run(args) -> dict:
             for name in tasks:
                 report["tasks"][name] = evaluate_task(lm, name, root, args.limit, args.batch_size, args.max_len,
                                                       progress=not args.no_progress)
+        average = paper_average(report["tasks"])
+        if average is not None:
+            report["tasks"]["paper_average"] = average
     return report
 
 

@@ -14,6 +14,8 @@ Prompts follow lm-evaluation-harness' default task templates, so numbers are com
 | copa | copa.jsonl | premise + connective -> " " + choice | acc |
 
 acc_norm divides each choice's log-likelihood by the choice's length in characters (lm-eval's definition).
+The HellaSwag file is already preprocessed (no WikiHow brackets); its context line is used as given (lm-eval also
+capitalizes the second context sentence, which the file does not separate).
 """
 
 from __future__ import annotations
@@ -132,8 +134,19 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("hellaswag", "hellaswag_val_full.txt.bz2", None, ("acc", "acc_norm")),
     Task("copa", "copa.jsonl", _plain, ("acc",)),
 )}
+# The metric the TNL papers report per task (their zero-shot table), and what `paper_average` averages.
+PAPER_METRIC = {"boolq": "acc", "piqa": "acc", "hellaswag": "acc_norm", "winogrande": "acc", "arc_easy": "acc",
+                "arc_challenge": "acc_norm", "openbookqa": "acc_norm"}
 DEFAULT_TASKS = ("lambada_openai", "piqa", "arc_easy", "arc_challenge", "winogrande", "boolq", "openbookqa",
                  "hellaswag")
+
+
+def paper_average(results: dict) -> dict | None:
+    """Mean of the papers' metric over the tasks of `results` ({task: metrics}) that the papers report."""
+    picked = {t: results[t][m] for t, m in PAPER_METRIC.items() if isinstance(results.get(t), dict)}
+    if not picked:
+        return None
+    return {"value": sum(picked.values()) / len(picked), "tasks": {t: PAPER_METRIC[t] for t in picked}}
 
 
 def parse_task_list(spec: str | list[str]) -> list[str]:
