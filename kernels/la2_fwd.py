@@ -6,7 +6,8 @@ A sequence is cut into chunks of BT tokens. For a chunk starting after state S0,
     S_end = lam^L S0 + sum_i lam^(L-1-i) k_i^T v_i                           (L = tokens in the chunk)
 Two kernels: `la2_fwd_state_kernel` runs over the chunks of one sequence in order (one program per (sequence, head,
 D-tile, E-tile)) and stores the state before each chunk; `la2_fwd_out_kernel` then computes every chunk's output in
-parallel. Tensors are read in place in the (B, T, H, D) layout through their strides (last dim unit stride).
+parallel. Optionally (SEG > 0) the state walk is cut into segments walked in parallel and joined by
+`la2_seg_scan_kernel` (also used, reversed, by the backward). Tensors are read in place in the (B, T, H, D) layout through their strides (last dim unit stride).
 Sequences are either B rows of length T, or (IS_VARLEN) documents packed in row 0 at offsets cu_seqlens.
 """
 
@@ -83,7 +84,7 @@ def la2_seg_scan_kernel(
     the state gradient at its end). init: initial state / final-state gradient; fin <- final state / d initial."""
     i_nh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    _, _, seq_len, _ = _seq_bounds(cu_seqlens, cu_seqlens, i_n, T, BT, IS_VARLEN)
+    _, _, seq_len, _ = _seq_bounds(cu_seqlens, cu_seqlens, i_n, T, BT, IS_VARLEN)  # (no chunk offsets needed)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_kv = (o_k[:, None] < D) & (o_v[None, :] < E)
