@@ -29,6 +29,9 @@ def main(argv: list[str]) -> int:
     except OSError as e:  # e.g. data.dir not writable, disk full
         print(f"prepare_data: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the dir was left without a manifest: it does not look prepared
+        print("prepare_data: interrupted", file=sys.stderr)
+        return 130
     m = read_manifest(out)
     splits = ", ".join(f"{k} {v['docs']} docs / {v['tokens']} tokens" for k, v in m["splits"].items())
     print(f"prepared {out}: {splits} ({m['dtype']}, vocab {m['tokenizer']['vocab_size']})")

@@ -95,6 +95,8 @@ class _Plan:
         self.dir = Path(c.dir)
         self.inputs = _describe_inputs(resolve_inputs(c.inputs, "inputs"))
         self.val_inputs = _describe_inputs(resolve_inputs(c.val_inputs, "val_inputs")) if c.val_inputs else []
+        if any(d["path"].startswith(BUILTIN_PREFIX) for d in self.val_inputs):
+            raise DataError("data.val_inputs cannot be a builtin corpus; use data.val_fraction to hold part out")
         reader = {"text_field": c.text_field, "doc_separator": c.doc_separator}
         if c.tokenizer:
             model = Path(c.tokenizer)
@@ -182,9 +184,6 @@ def _build(plan: _Plan, force: bool) -> None:
         log.info("built the demo corpus from this Python's docs: %d documents, %d bytes, sha256 %s",
                  corpus["documents"], corpus["bytes"], corpus["sha256"])
         paths = [corpus["path"] if p.startswith(BUILTIN_PREFIX) else p for p in paths]
-        text_field = "text"
-    else:
-        text_field = c.text_field
     val_paths = [d["path"] for d in plan.val_inputs]
 
     model = out / MODEL_FILE
@@ -198,7 +197,7 @@ def _build(plan: _Plan, force: bool) -> None:
             os.replace(model.with_name(".tokenizer.model.tmp"), model)
         else:
             t = time.perf_counter()
-            docs = (d for p in paths for d in iter_documents(p, text_field, c.doc_separator))
+            docs = (d for p in paths for d in _read(c, p, corpus))
             lines = sample_lines(docs, c.tokenizer_train_lines, c.seed)
             train_tokenizer(lines, model, c.vocab_size)
             log.info("trained a %d-token BPE tokenizer on %d sampled lines in %.1fs",
@@ -211,7 +210,7 @@ def _build(plan: _Plan, force: bool) -> None:
     tmp = out / f".shards.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        stats = _tokenize(plan, paths, text_field, val_paths, tok, dtype, tmp)
+        stats = _tokenize(plan, paths, corpus, val_paths, tok, dtype, tmp)
         for split in SPLITS:
             shutil.rmtree(out / split, ignore_errors=True)
             if (tmp / split).exists():
@@ -255,7 +254,13 @@ def _is_val(seed: int, index: int, fraction: float) -> bool:
     return int.from_bytes(h, "little") < fraction * 2.0**64
 
 
-def _jobs(c: DataConfig, paths, text_field, val_paths) -> Iterator[tuple[str, list[str]]]:
+def _read(c: DataConfig, path: str, corpus: dict | None) -> Iterator[str]:
+    """The documents of one input; the built demo corpus is JSON lines with a "text" field whatever data.text_field."""
+    field = "text" if corpus is not None and path == corpus["path"] else c.text_field
+    return iter_documents(path, field, c.doc_separator)
+
+
+def _jobs(c: DataConfig, paths, corpus, val_paths) -> Iterator[tuple[str, list[str]]]:
     """(split, texts) batches in corpus order: train inputs (minus the held-out documents), then val_inputs."""
     frac = 0.0 if val_paths else float(c.val_fraction)
     buf: dict[str, list[str]] = {"train": [], "val": []}
@@ -263,7 +268,7 @@ def _jobs(c: DataConfig, paths, text_field, val_paths) -> Iterator[tuple[str, li
     sources = [("train", p) for p in paths] + [("val", p) for p in val_paths]
     i = 0
     for default_split, p in sources:
-        for doc in iter_documents(p, text_field, c.doc_separator):
+        for doc in _read(c, p, corpus):
             split = "val" if default_split == "val" or (frac > 0 and _is_val(c.seed, i, frac)) else "train"
             i += 1
             buf[split].append(doc)
@@ -328,12 +333,12 @@ class _ShardWriter:
         return {"tokens": tokens, "docs": docs, "shards": self.shards}
 
 
-def _tokenize(plan: _Plan, paths, text_field, val_paths, tok: Tokenizer, dtype: np.dtype, tmp: Path) -> dict:
+def _tokenize(plan: _Plan, paths, corpus, val_paths, tok: Tokenizer, dtype: np.dtype, tmp: Path) -> dict:
     from tqdm import tqdm
 
     c = plan.c
     writers = {s: _ShardWriter(tmp / s, dtype, c.shard_tokens) for s in SPLITS}
-    jobs = _jobs(c, paths, text_field, val_paths)
+    jobs = _jobs(c, paths, corpus, val_paths)
     n_workers = _workers(c)
     init = (tok.model_file, dtype.name)
     t0 = time.perf_counter()
