@@ -231,7 +231,26 @@ def test_decode_benchmark_runs_on_tiny_models():
     from tnl.hf import bench_decode
 
     result = bench_decode.run("tnl_tiny", "llama_tiny", contexts=[8, 40], batches=[2], steps=2, warmup=1,
-                              device="cpu", dtype=torch.float32, prefill_tokens=32)
-    assert len(result["rows"]) == 4 and all(isinstance(r["ms_per_token"], float) for r in result["rows"])
+                              device="cpu", dtype=torch.float32, prefill_tokens=32, tnl_graph=True)
+    assert len(result["rows"]) == 6 and all(isinstance(r["ms_per_token"], float) for r in result["rows"])
     md = bench_decode.markdown(result)
-    assert "| tnl_tiny | 2 |" in md and "| llama_tiny | 2 |" in md
+    assert "| tnl_tiny | 2 |" in md and "| llama_tiny | 2 |" in md and "| tnl_tiny+cudagraph | 2 |" in md
+    assert len(result["checks"]) == 2  # flatness of both TNL variants (no 32K context here)
+
+
+@pytest.mark.parametrize("use_core", [False, True])
+def test_graph_decoder_eager_logic_equals_generate(use_core):
+    """GraphDecoder's step (static buffers, position as a tensor; a CUDA graph replay on GPU) run eagerly on CPU
+    gives generate()'s greedy tokens, with a chunked prefill."""
+    from tnl.hf.graph_decode import GraphDecoder
+
+    core, hf = pair(seed=9, gate_rank=2)
+    ids = torch.randint(1, V, (2, 11))
+    with torch.no_grad():
+        want = greedy(hf, ids, 7)
+    dec = GraphDecoder(core if use_core else hf, batch_size=2, use_graph=False)
+    assert torch.equal(dec.greedy(ids, 7), want)
+    logits = dec.prefill(ids, chunk=4)  # reusable: prefill again (chunked) then step
+    assert torch.equal(logits.argmax(-1), want[:, 11])
+    with pytest.raises(ValueError, match="batch 2"):
+        dec.prefill(ids[:1])

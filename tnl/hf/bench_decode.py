@@ -3,11 +3,12 @@
     python -m tnl.hf.bench_decode --tnl tnl_385m --llama llama_385m --contexts 1024 8192 32768 131072 \
         --batches 1 16 --out benchmarks/results
 
-For every (model, batch, context): random weights in bf16, a random prompt of `context` tokens prefilled in chunks
-of 16384 / batch tokens (the cache carried between chunks, bounding activation and mask memory), then `--steps`
-single-token forwards timed after `--warmup` ones (CUDA synchronised). Out-of-memory cells are recorded as "OOM".
-Writes decode_latency.json and decode_latency.md, with the issue's targets checked: TNL flat within 10% across
-contexts, and >= 5x faster than LLaMA at 32K.
+TNL is timed twice on CUDA: through generate's path (an eager forward per token) and with GraphDecoder (one CUDA
+graph replay per token). For every (model, batch, context): random weights in bf16, a random prompt of `context`
+tokens prefilled in chunks of 16384 / batch tokens (the cache carried between chunks, bounding activation and mask
+memory), then `--steps` single-token forwards timed after `--warmup` ones (CUDA synchronised). Out-of-memory cells
+are recorded as "OOM". Writes decode_latency.json and decode_latency.md, with the issue's targets checked: TNL flat
+within 10% across contexts, and >= 5x faster than LLaMA at 32K.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import yaml
 
 from tnl.hf.export import llama_config_from_args, tnl_config_from_args
+from tnl.hf.graph_decode import GraphDecoder
 from tnl.hf.modeling_tnl import _CACHE_KEY, TnlForCausalLM
 from tnl.models.config import ModelArgs
 
@@ -77,23 +79,44 @@ def decode_ms_per_token(model, batch: int, context: int, steps: int, warmup: int
     return (time.perf_counter() - t0) * 1000.0 / steps
 
 
+@torch.no_grad()
+def graph_decode_ms_per_token(model, batch: int, context: int, steps: int, warmup: int, device, chunk: int) -> float:
+    """Same measurement with TNL's GraphDecoder (the whole step replayed as one CUDA graph on GPU)."""
+    dec = GraphDecoder(model, batch)
+    ids = torch.randint(0, model.config.vocab_size, (batch, context), device=device)
+    tok = dec.prefill(ids, chunk).argmax(-1)
+    for i in range(max(1, warmup) + steps):
+        if i == max(1, warmup):
+            _sync(device)
+            t0 = time.perf_counter()
+        tok = dec.step(tok).argmax(-1)
+    _sync(device)
+    return (time.perf_counter() - t0) * 1000.0 / steps
+
+
 def run(tnl_name, llama_name, contexts, batches, steps=32, warmup=4, device=None, dtype=torch.bfloat16,
-        prefill_tokens=16384) -> dict:
+        prefill_tokens=16384, tnl_graph=None) -> dict:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tnl_graph = torch.device(device).type == "cuda" if tnl_graph is None else tnl_graph
+    variants = [(tnl_name, tnl_name, decode_ms_per_token)]
+    if tnl_graph:
+        variants.append((tnl_name + "+cudagraph", tnl_name, graph_decode_ms_per_token))
+    variants.append((llama_name, llama_name, decode_ms_per_token))
     rows = []
-    for name in (tnl_name, llama_name):
+    for label, name, measure in variants:
         args = model_args(name)
         model = build_hf(args, device, dtype)
         for batch in batches:
             for context in contexts:
                 chunk = max(1, min(context, prefill_tokens // batch))
                 try:
-                    ms = decode_ms_per_token(model, batch, context, steps, warmup, device, chunk)
+                    ms = measure(model, batch, context, steps, warmup, device, chunk)
                 except torch.OutOfMemoryError:
                     ms = "OOM"
-                if device == "cuda" or str(device).startswith("cuda"):
+                if torch.device(device).type == "cuda":
                     torch.cuda.empty_cache()
-                rows.append({"model": name, "arch": args.arch, "batch": batch, "context": context, "ms_per_token": ms})
+                rows.append({"model": label, "arch": args.arch, "batch": batch, "context": context,
+                             "ms_per_token": ms})
                 print(json.dumps(rows[-1]), flush=True)
         del model
     import transformers
@@ -101,22 +124,27 @@ def run(tnl_name, llama_name, contexts, batches, steps=32, warmup=4, device=None
     env = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
            "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype),
            "steps": steps, "warmup": warmup, "command": " ".join(sys.argv)}
-    return {"env": env, "rows": rows, "checks": _checks(rows, tnl_name, llama_name, contexts, batches)}
+    checks = _checks(rows, tnl_name, llama_name, contexts, batches)
+    if tnl_graph:
+        checks += _checks(rows, tnl_name + "+cudagraph", llama_name, contexts, batches)
+    return {"env": env, "rows": rows, "checks": checks}
 
 
 def _checks(rows, tnl_name, llama_name, contexts, batches) -> list[str]:
     get = {(r["model"], r["batch"], r["context"]): r["ms_per_token"] for r in rows}
     out = []
     for b in batches:
-        tnl = [get[(tnl_name, b, c)] for c in contexts if isinstance(get[(tnl_name, b, c)], float)]
+        tnl = [get.get((tnl_name, b, c)) for c in contexts]
+        tnl = [t for t in tnl if isinstance(t, float)]
         if tnl:
             spread = max(tnl) / min(tnl) - 1
-            out.append(f"batch {b}: TNL max/min - 1 across contexts = {spread:.1%} (target <= 10%: "
+            out.append(f"batch {b}: {tnl_name} max/min - 1 across contexts = {spread:.1%} (target <= 10%: "
                        f"{'PASS' if spread <= 0.10 else 'FAIL'})")
         c = 32768
         t, l = get.get((tnl_name, b, c)), get.get((llama_name, b, c))
         if isinstance(t, float) and isinstance(l, float):
-            out.append(f"batch {b}: LLaMA/TNL at 32K = {l / t:.1f}x (target >= 5x: {'PASS' if l / t >= 5 else 'FAIL'})")
+            out.append(f"batch {b}: {llama_name} / {tnl_name} at 32K = {l / t:.1f}x "
+                       f"(target >= 5x: {'PASS' if l / t >= 5 else 'FAIL'})")
     return out
 
 
@@ -146,8 +174,11 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--tnl-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time TNL with GraphDecoder (one CUDA graph per step); default: on CUDA")
     a = p.parse_args(argv)
-    result = run(a.tnl, a.llama, a.contexts, a.batches, a.steps, a.warmup, a.device, getattr(torch, a.dtype))
+    result = run(a.tnl, a.llama, a.contexts, a.batches, a.steps, a.warmup, a.device, getattr(torch, a.dtype),
+                 tnl_graph=a.tnl_graph)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "decode_latency.json").write_text(json.dumps(result, indent=2) + "\n")
