@@ -220,6 +220,20 @@ def test_cli_errors_are_one_line(run_dir, tmp_path, capsys, argv, message):
     assert not out.exists()
 
 
+def test_corrupt_checkpoint_is_one_line(run_dir, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("hf"))
+    tag = (run / "checkpoints" / "latest").read_text().strip()
+    for f in (run / "checkpoints" / tag).glob("*model_states.pt"):
+        f.write_bytes(f.read_bytes()[:1000])  # truncated, as a full disk would leave it
+    assert cli.main(["--run", str(run), "--no-progress", "--out", str(tmp_path / "r.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot read checkpoint") and "Traceback" not in err[0]
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_load_run_without_checkpoint(tmp_path):
     with pytest.raises(EvalError, match="no complete checkpoint"):
         load_run(tmp_path, device="cpu")

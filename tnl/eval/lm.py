@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,10 +159,15 @@ def load_checkpoint(run_dir: str | Path, tag: str | None = None, device: str | N
         raise EvalError(f"no complete checkpoint in {ckpt_dir}")
     if not (ckpt_dir / tag / "meta.json").is_file():
         raise EvalError(f"{ckpt_dir / tag} is not a complete checkpoint (no meta.json)")
-    meta = checkpoint.read_meta(ckpt_dir, tag)
+    try:
+        meta = checkpoint.read_meta(ckpt_dir, tag)
+        state = checkpoint.model_state_dict(ckpt_dir, tag)
+    except (checkpoint.CheckpointError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise EvalError(f"cannot read checkpoint {ckpt_dir / tag}: {str(err).splitlines()[0] if str(err) else err!r}"
+                        ) from None
     dev, dt = resolve_device(device, dtype)
     model = build_model(meta["model"])
-    missing, unexpected = model.load_state_dict(checkpoint.model_state_dict(ckpt_dir, tag), strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in _tied_names(model)]
     if missing or unexpected:
         raise EvalError(f"{ckpt_dir / tag} does not match its model config: missing {missing[:5]}, "
