@@ -85,7 +85,8 @@ def _data_dir(args, lm: EvalLM, run_cfg: dict) -> Path:
     else:
         raise EvalError("give data=NAME (a configs/data config) or --text FILE... for the held-out loss")
     if not data_dir.is_dir():
-        raise EvalError(f"data dir {data_dir} does not exist")
+        raise EvalError(f"data dir {data_dir} does not exist (a relative path is relative to where training ran: "
+                        "run from there, or give data.dir=PATH)")
     if same_tokenizer(lm.tokenizer_json, data_dir / "hf_tokenizer" / "tokenizer.json") is False:
         raise EvalError(f"the model's tokenizer differs from the one in {data_dir}: the loss would be meaningless")
     return data_dir
