@@ -151,6 +151,9 @@ def plot(rows: list[dict], models: list[str], path: Path, title: str) -> None:
         if pts:
             ax.plot(*zip(*pts), marker="o", label=m)
     ax.set_xscale("log", base=2)
+    ticks = sorted({r["seq_len"] for r in rows})
+    ax.set_xticks(ticks, [f"{t // 1024}K" if t % 1024 == 0 else str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("training tokens/s per GPU")
     ax.set_ylim(bottom=0)
