@@ -129,7 +129,11 @@ def load_hf(hf_dir: str | Path, device: str | None = None, dtype: str | None = N
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), trust_remote_code=True, dtype=torch.float32)
     model.to(dev).eval()
     tok_json = hf_dir / "tokenizer.json"
-    tokenizer = _HFTokenizer(hf_dir) if tok_json.is_file() else None
+    try:
+        tokenizer = _HFTokenizer(hf_dir)
+    except (OSError, ValueError, TypeError):  # a directory without tokenizer files
+        log.warning("%s has no loadable tokenizer: only pre-tokenized data can be evaluated", hf_dir)
+        tokenizer = None
     eos = tokenizer.eos_id if tokenizer is not None else getattr(model.config, "eos_token_id", None)
     info = {"source": "hf", "path": str(hf_dir), "model_type": model.config.model_type,
             "parameters": sum(p.numel() for p in model.parameters())}
