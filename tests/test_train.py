@@ -279,3 +279,19 @@ def test_non_finite_step_is_skipped_then_k_in_a_row_abort(process_group, stage, 
     trainer.train_step()
     with pytest.raises(NonFiniteError, match="3 steps in a row"):
         trainer.train_step()
+
+
+def test_optional_loggers_write_files(tmp_path):
+    from tnl.train.metrics import build_sinks
+
+    record = {"step": 1, "tokens": 64, "loss": 2.5, "lr": 1e-3, "grad_norm": 0.5, "tokens_per_s": 10.0, "mfu": None}
+    for name in ("tensorboard", "wandb"):
+        cfg = compose([f"logger={name}", f"run_dir={tmp_path}", "trainer.progress=log"])
+        sinks = build_sinks(tmp_path, cfg, 0, {"seed": 1})
+        for sink in sinks:
+            sink.on_log(1, record)
+        for sink in sinks:
+            sink.close()
+    assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert any((tmp_path / "wandb").glob("offline-run-*")) and (tmp_path / "wandb_id.txt").is_file()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["loss"] == 2.5

@@ -176,6 +176,8 @@ def model_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
         if not files:
             raise CheckpointError(f"no DeepSpeed model states in {folder}")
         sd = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    if sd and all(k.startswith("model.") for k in sd):  # saved through the ZeRO-3 LossOnly wrapper
+        sd = {k[len("model."):]: v for k, v in sd.items()}
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 

@@ -38,6 +38,23 @@ def build_model(model_cfg: dict, ds_config: dict | None = None, zero_init: bool 
         raise model_error(err) from None
 
 
+class LossOnly(torch.nn.Module):
+    """ZeRO-3 root: returns the loss as a plain tensor (ZeRO-3's backward hooks only see tensors, not LMOutput) and
+    keeps the LM-head weight gathered through forward and backward: the models use it outside its module's forward,
+    including when the chunked loss is recomputed in backward. Checkpoint names gain a `model.` prefix."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        deepspeed.zero.register_external_parameter(self, model.output_weight)
+
+    def forward(self, input_ids, targets=None, cu_seqlens=None):
+        return self.model(input_ids, targets=targets, cu_seqlens=cu_seqlens).loss
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return self.model.flops_per_token(seq_len)
+
+
 class Session:
     def __init__(self, cfg: DictConfig, env: dist.DistEnv, device: torch.device, run_dir: Path, data_dir: Path,
                  model_cfg: dict):
@@ -55,6 +72,8 @@ class Session:
         seed_everything(cfg.seed, device.type, t.deterministic)
         model = build_model(model_cfg, self.ds_config, cfg.deepspeed.zero_init)
         self.flops_per_token = float(model.flops_per_token(t.seq_len))
+        if cfg.deepspeed.stage == 3:
+            model = LossOnly(model)
         optimizer = build_optimizer(model, cfg.optim, device.type, cpu_offload=cfg.deepspeed.offload_optimizer)
         gate = StepGate(optimizer, device)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config,

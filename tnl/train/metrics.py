@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +132,8 @@ class ConsoleSink:
             self.bar = tqdm(total=max_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
     def on_log(self, step: int, record: dict) -> None:
-        if "loss" not in record:
+        if record.get("val_loss") is not None:
             log.info("step %d val_loss %.4f", step, record["val_loss"])
-            return
         done = step - self.start_step
         eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.max_steps - step)
         mfu_s = f"{100 * record['mfu']:.1f}%" if record.get("mfu") is not None else "n/a"
@@ -161,7 +161,7 @@ class WandbSink:
         import wandb
 
         id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         self.run = wandb.init(project=logger_cfg.project, name=logger_cfg.run_name or run_dir.name, id=run_id,
                               resume="allow", dir=str(run_dir), mode=logger_cfg.mode, config=config)

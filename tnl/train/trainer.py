@@ -95,7 +95,8 @@ class Trainer:
         cu = batch.get("cu_seqlens")
         if cu is not None:  # documents packed into one row: (B, T) -> (1, B*T)
             ids, targets, cu = ids.reshape(1, -1), targets.reshape(1, -1), cu.to(self.device)
-        return self.engine(ids, targets=targets, cu_seqlens=cu).loss
+        out = self.engine(ids, targets=targets, cu_seqlens=cu)
+        return out if isinstance(out, torch.Tensor) else out.loss  # LossOnly (ZeRO-3) returns the loss itself
 
     def train_step(self) -> dict:
         """grad_accum forward/backward passes and (unless vetoed) one optimizer update; returns the step's record."""

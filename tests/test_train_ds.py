@@ -1,0 +1,140 @@
+"""End to end on CPU: `deepspeed --num_gpus 2 scripts/train.py ...` (two gloo ranks) on tnl_tiny / llama_tiny with
+ZeRO-0, -2 and -3 on the demo corpus; exact resume after a SIGKILL mid-checkpoint; the HF export; one-process runs
+for data preparation on first use and the clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tnl.train.config import compose, to_dict
+
+REPO = Path(__file__).resolve().parents[1]
+DEEPSPEED = Path(sys.executable).parent / "deepspeed"
+FIELDS = {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"}
+FAST = ["trainer.seq_len=32", "trainer.micro_batch_size=4", "optim.lr=1e-2", "optim.warmup_steps=1",
+        "optim.min_lr_ratio=1", "trainer.eval_every=3", "trainer.eval_batches=2"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> list[str]:
+    """The demo corpus prepared once for this module; the overrides that point a run at it."""
+    import tnl.data
+
+    overrides = ["data=demo", f"data.dir={tmp_path_factory.mktemp('demo') / 'prepared'}"]
+    tnl.data.prepare(to_dict(compose(overrides).data))
+    return overrides
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], env: dict | None = None, ranks: int = 2) -> subprocess.CompletedProcess:
+    if ranks == 1:
+        cmd = [sys.executable, "scripts/train.py", *args]
+    else:
+        cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(_port()), "scripts/train.py", *args]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_run(r: subprocess.CompletedProcess, run_dir: Path, steps: int) -> list[dict]:
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = metrics(run_dir)
+    assert [m["step"] for m in rows] == list(range(1, steps + 1))
+    assert all(FIELDS <= set(m) for m in rows) and all(m["mfu"] is None for m in rows)  # CPU: no peak FLOP/s
+    assert [m["step"] for m in rows if "val_loss" in m] == [s for s in range(1, steps + 1) if s % 3 == 0 or
+                                                            s == steps]
+    assert rows[-1]["tokens"] == steps * 2 * 4 * 32
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3, [m["loss"] for m in rows]  # it learns
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "latest").is_file()
+    return rows
+
+
+def check_export(run_dir: Path, arch: str) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "hf", trust_remote_code=True)
+    assert type(model).__name__ == ("TnlForCausalLM" if arch == "tnl" else "LlamaForCausalLM")
+    tok = AutoTokenizer.from_pretrained(run_dir / "hf")
+    ids = torch.tensor([tok.encode("The function returns a list of")])
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], 4096) and torch.isfinite(logits).all()
+
+
+def test_zero2_tnl_killed_mid_checkpoint_resumes_bit_identical(demo, tmp_path):
+    args = ["model=tnl_tiny", "deepspeed=zero2", "trainer.max_steps=6", "trainer.save_every=2", *FAST, *demo]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    ref_rows = check_run(launch([*args, f"run_dir={ref}"]), ref, 6)
+
+    killed = launch([*args, f"run_dir={run}"], env={"TNL_FAULT_KILL_DURING_SAVE": "4"})
+    assert killed.returncode != 0
+    ckpt = run / "checkpoints"
+    assert (ckpt / "latest").read_text() == "step_00000002"  # the step-4 checkpoint was never published
+    assert (ckpt / ".tmp_step_00000004").is_dir() and not (ckpt / "step_00000004").exists()
+    assert max(m["step"] for m in metrics(run)) == 4
+
+    rows = check_run(launch([*args, f"run_dir={run}"]), run, 6)  # the same command resumes
+    for a, b in zip(ref_rows, rows):
+        assert (a["loss"], a["grad_norm"], a["lr"], a.get("val_loss")) == \
+               (b["loss"], b["grad_norm"], b["lr"], b.get("val_loss")), a["step"]
+    assert not (ckpt / ".tmp_step_00000004").exists()
+    assert sorted(p.name for p in ckpt.glob("step_*")) == ["step_00000004", "step_00000006"]  # keep_last=2
+    check_export(run, "tnl")
+
+
+@pytest.mark.parametrize("model, stage", [("llama_tiny", 0), ("tnl_tiny", 3), ("llama_tiny", 3)])
+def test_two_ranks_learn_and_export(demo, tmp_path, model, stage):
+    run = tmp_path / "run"
+    r = launch([f"model={model}", f"deepspeed=zero{stage}", "trainer.max_steps=5", "trainer.save_every=0",
+                "trainer.grad_accum=2", *FAST, "trainer.micro_batch_size=2", "deepspeed.precision=fp32", *demo,
+                f"run_dir={run}"])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = metrics(run)
+    assert [m["step"] for m in rows] == [1, 2, 3, 4, 5] and rows[-1]["tokens"] == 5 * 2 * 2 * 2 * 32
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3, [m["loss"] for m in rows]
+    assert json.loads((run / "checkpoints/step_00000005/meta.json").read_text())["zero_stage"] == stage
+    check_export(run, model.split("_")[0])
+
+
+def test_one_process_prepares_data_then_refuses_other_model(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    words = "the a river stone light house runs sings under over quickly slowly green old new".split()
+    g = torch.Generator().manual_seed(0)
+    lines = [" ".join(words[i] for i in torch.randint(0, len(words), (12,), generator=g)) for _ in range(3000)]
+    corpus.write_text("\n\n".join(lines))
+    data = ["data=tinyshakespeare", f"data.inputs=[{corpus}]", f"data.dir={tmp_path / 'prep'}", "data.vocab_size=300"]
+    run = tmp_path / "run"
+    args = ["model=tnl_tiny", "deepspeed=zero1", "trainer.max_steps=2", "trainer.eval_every=0", *FAST, *data,
+            f"run_dir={run}", "trainer.export_hf=false"]
+    r = launch(args, ranks=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "preparing it now" in r.stderr and (tmp_path / "prep").is_dir()
+    assert [m["step"] for m in metrics(run)] == [1, 2]
+
+    r = launch([*args, "model.hidden_size=32", "trainer.max_steps=4"], ranks=1)
+    assert r.returncode == 1 and "different model config (hidden_size: 64 -> 32)" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in r.stderr
+
+    r = launch([*args, "model.vocab_size=256", f"run_dir={tmp_path / 'run2'}"], ranks=1)
+    assert r.returncode == 1 and "has 300 tokens but the model's vocab_size is 256" in r.stderr
+    assert "Traceback" not in r.stderr
+
+    r = launch([*args, f"data.inputs=[{tmp_path / 'missing.txt'}]", f"data.dir={tmp_path / 'prep2'}",
+                f"run_dir={tmp_path / 'run3'}"], ranks=1)
+    assert r.returncode == 1 and "missing.txt" in r.stderr and "Traceback" not in r.stderr
