@@ -2,11 +2,16 @@
 
 The math is transformers' LlamaForCausalLM (half-split RoPE, inv_freq = theta^(-2i/d)), so the export to a stock
 LlamaForCausalLM only renames and splits weights. q/k/v and gate/up are fused here (one GEMM each).
-Attention: torch SDPA (flash backend on CUDA); with cu_seqlens, flash_attn's varlen kernel when installed on CUDA,
-else SDPA per document. RoPE positions restart at each document.
+Attention: torch SDPA (flash backend on CUDA); with cu_seqlens on CUDA, flash_attn's varlen kernel when installed,
+else torch's own varlen flash attention when this torch has it, else SDPA per document (always on CPU). RoPE
+positions restart at each document.
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +25,27 @@ try:  # optional: flash_attn's varlen kernel for packed documents on CUDA
     from flash_attn import flash_attn_varlen_func
 except ImportError:  # pragma: no cover - depends on the machine
     flash_attn_varlen_func = None
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_varlen():
+    """torch's own flash varlen attention (torch.nn.attention.varlen, recent torch) as f(q, k, v, cu, max_len), causal;
+    None when this torch has none."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "window_size" in params:
+        return lambda q, k, v, cu, n: varlen_attn(q, k, v, cu, cu, n, n, window_size=(-1, 0))
+    if "is_causal" in params:
+        return lambda q, k, v, cu, n: varlen_attn(q, k, v, cu, cu, n, n, is_causal=True)
+    return None
+
+
+_varlen_failed = False
 
 
 class RMSNorm(nn.Module):
@@ -56,11 +82,19 @@ def causal_attention(q, k, v, cu_seqlens=None):
     if cu_seqlens is None:
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return o.transpose(1, 2)
-    if flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    global _varlen_failed
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
         max_len = int((cu[1:] - cu[:-1]).max())
-        o = flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_len, max_len, causal=True)
-        return o[None]
+        if flash_attn_varlen_func is not None:
+            return flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, max_len, max_len, causal=True)[None]
+        varlen = None if _varlen_failed else _torch_varlen()
+        if varlen is not None:
+            try:
+                return varlen(q[0], k[0], v[0], cu, max_len)[None]
+            except (RuntimeError, TypeError, ValueError) as err:  # unsupported GPU / shape: SDPA per document
+                _varlen_failed = True
+                log.warning("torch varlen attention unavailable (%s); using SDPA per document", err)
     bounds = cu_seqlens.tolist()
     outs = [causal_attention(q[:, s:e], k[:, s:e], v[:, s:e]) for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
     return torch.cat(outs, dim=1)
