@@ -73,8 +73,7 @@ def lm_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
     return total / count.clamp(min=1).to(total.dtype)
 
 
-def check_inputs(input_ids: torch.Tensor, targets: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
-                 vocab_size: int) -> None:
+def check_inputs(input_ids: torch.Tensor, targets: torch.Tensor | None, cu_seqlens: torch.Tensor | None) -> None:
     """Validate the training-form arguments (shapes, dtypes, cu_seqlens layout) with one clear error."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError(f"input_ids must be a (B, T) tensor, got {getattr(input_ids, 'shape', type(input_ids))}")

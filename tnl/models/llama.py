@@ -160,7 +160,7 @@ class LlamaLM(nn.Module):
         return self.embed_tokens.weight if self.args.tie_word_embeddings else self.lm_head.weight
 
     def forward(self, input_ids, targets=None, cu_seqlens=None) -> LMOutput:
-        check_inputs(input_ids, targets, cu_seqlens, self.args.vocab_size)
+        check_inputs(input_ids, targets, cu_seqlens)
         T = input_ids.shape[1]
         x = self.embed_tokens(input_ids)
         if cu_seqlens is None:

@@ -237,7 +237,7 @@ class TnlLM(TnlModules, nn.Module):
         self._build_tnl(args)  # every weight is initialised N(0, initializer_range) by its own constructor
 
     def forward(self, input_ids, targets=None, cu_seqlens=None) -> LMOutput:
-        check_inputs(input_ids, targets, cu_seqlens, self.args.vocab_size)
+        check_inputs(input_ids, targets, cu_seqlens)
         T = input_ids.shape[1]
         if cu_seqlens is None:
             positions = torch.arange(T, device=input_ids.device)
