@@ -323,6 +323,7 @@ def test_triton_backend_on_cpu_uses_interpreter_and_kernel_entry(monkeypatch):
     fake.srms_norm_triton = lambda x, eps: x * 0 + eps
     monkeypatch.setitem(sys.modules, "tnl_kernels", fake)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(ops, "_mode_ok", set())
     monkeypatch.setenv("TNL_KERNEL_BACKEND", "triton")
     o, f = _call()
     assert f is None and len(calls) == 1 and calls[0][5] is False
@@ -345,6 +346,7 @@ def test_compiled_kernels_refuse_cpu_tensors(monkeypatch):
     fake.kernel = JITFunction(_dummy_kernel)
     monkeypatch.setitem(sys.modules, "tnl_kernels.fake_compiled", fake)
     monkeypatch.setenv("TNL_KERNEL_BACKEND", "triton")
+    monkeypatch.setattr(ops, "_mode_ok", set())  # the check runs once per device type and process
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         _call()
 

@@ -63,8 +63,22 @@ def _kernel_modes():
     return modes
 
 
+_mode_ok: set[str] = set()  # device types whose Triton mode was verified (modes of defined functions never change)
+
+
 def _triton_fn(name, device):
     """tnl_kernels.<name>, imported lazily; on CPU tensors under Triton's interpreter (see module docstring)."""
+    if device.type not in _mode_ok:
+        _check_triton_mode(device)
+    kernels = importlib.import_module("tnl_kernels")
+    fn = getattr(kernels, name, None)
+    if fn is None:
+        raise RuntimeError(f"tnl_kernels has no {name}: no Triton backend; use TNL_KERNEL_BACKEND=torch")
+    _mode_ok.add(device.type)
+    return fn
+
+
+def _check_triton_mode(device):
     if device.type == "cpu":
         if "compiled" in _kernel_modes():
             raise RuntimeError(
@@ -81,11 +95,6 @@ def _triton_fn(name, device):
             )
     else:
         raise ValueError(f"the Triton backend supports CUDA and CPU tensors, got device {device}")
-    kernels = importlib.import_module("tnl_kernels")
-    fn = getattr(kernels, name, None)
-    if fn is None:
-        raise RuntimeError(f"tnl_kernels has no {name}: no Triton backend; use TNL_KERNEL_BACKEND=torch")
-    return fn
 
 
 # --------------------------------------------------------------------------------------------------------- validation
