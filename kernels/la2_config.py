@@ -42,7 +42,9 @@ def _tuned() -> dict:
 def heuristic(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
     """Safe defaults: fit the shared memory of an H100 for every D, E <= 256 and dtype."""
     BD = max(16, triton.next_power_of_2(D))
-    BE = max(16, triton.next_power_of_2(E))
+    # E tiles of 16 gave wrong outputs and illegal memory accesses for D = 32 in bf16 on an H200 with Triton 3.6
+    # (tnl_tiny's LRPE layer); 32-wide E tiles (masked) were right on every probed shape: benchmarks/NOTES.md.
+    BE = max(32, triton.next_power_of_2(E))
     wide = BD > 128 or dtype == torch.float32
     BK, BV = min(64, BD), min(64, BE)
     # Measured on an H100 (benchmarks/NOTES.md): 64x64 state tiles beat 32x32 even for 16 (sequence, head) pairs,

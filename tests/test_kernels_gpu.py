@@ -105,6 +105,9 @@ CASES = {
     "E48_nodecay_fp16": (2, 3000, 2, 64, 48, torch.float16, False, True, None),
     "packed_bf16": (1, 16384, 4, 128, 128, torch.bfloat16, True, True, "cu"),
     "packed_fp32_nodecay": (1, 5000, 2, 64, 80, torch.float32, False, True, "cu"),
+    # tnl_tiny's LRPE layer: E-tiles of 16 were wrong (and faulted in backward) on an H200, Triton 3.6
+    "D32_E16_bf16": (8, 512, 4, 32, 16, torch.bfloat16, True, False, None),
+    "D16_E16_packed_bf16": (1, 4096, 4, 16, 16, torch.bfloat16, True, True, "cu"),
 }
 
 
