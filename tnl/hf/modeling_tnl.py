@@ -202,12 +202,14 @@ class TnlForCausalLM(TnlModules, TnlPreTrainedModel, GenerationMixin):
         B, T = input_ids.shape
         offset = cache.seen_tokens if cache is not None else 0
         positions = torch.arange(offset, offset + T, device=input_ids.device)
+        states = cache.states if cache is not None and cache.seen_tokens > 0 else None
         padding_mask = None
-        if attention_mask is not None:
+        # Padding only matters where tokens may be padded (prefill / recompute); a decode step's token is always
+        # real, and skipping the check there avoids a device sync per generated token.
+        if attention_mask is not None and not (T == 1 and states is not None):
             am = attention_mask[:, -T:]
             if not bool(am.all()):
                 padding_mask = am
-        states = cache.states if cache is not None and cache.seen_tokens > 0 else None
         h, new_states = self._hidden_states(input_ids, positions, None, states, padding_mask,
                                             return_states=cache is not None)
         if cache is not None:
