@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install "setuptools>=64" wheel
 	@# DeepSpeed ships as an sdist whose setup imports torch: build it against the torch installed above.
 	$(PIP) install --no-build-isolation "deepspeed>=0.15"
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev,eval]"
 	@touch $(STAMP)
 
 lint: $(STAMP)
