@@ -295,3 +295,12 @@ def test_optional_loggers_write_files(tmp_path):
     assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert any((tmp_path / "wandb").glob("offline-run-*")) and (tmp_path / "wandb_id.txt").is_file()
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["loss"] == 2.5
+
+
+def test_export_cli_errors(tmp_path, capsys):
+    from tnl.train.export import cli
+
+    assert cli([f"run_dir={tmp_path}"]) == 1
+    assert "no complete checkpoint" in capsys.readouterr().err
+    assert cli(["bogus"]) == 2
+    assert "expected run_dir=PATH" in capsys.readouterr().err

@@ -102,8 +102,7 @@ def test_zero2_tnl_killed_mid_checkpoint_resumes_bit_identical(demo, tmp_path):
 def test_two_ranks_learn_and_export(demo, tmp_path, model, stage):
     run = tmp_path / "run"
     r = launch([f"model={model}", f"deepspeed=zero{stage}", "trainer.max_steps=5", "trainer.save_every=0",
-                "trainer.grad_accum=2", *FAST, "trainer.micro_batch_size=2", "deepspeed.precision=fp32", *demo,
-                f"run_dir={run}"])
+                "trainer.grad_accum=2", *FAST, "trainer.micro_batch_size=2", *demo, f"run_dir={run}"])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = metrics(run)
     assert [m["step"] for m in rows] == [1, 2, 3, 4, 5] and rows[-1]["tokens"] == 5 * 2 * 2 * 2 * 32
