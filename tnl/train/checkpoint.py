@@ -167,7 +167,7 @@ def load(engine, ckpt_dir: Path, tag: str, rank: int) -> dict:
 def model_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
     """Full fp32 weights of a checkpoint, consolidated from ZeRO partitions when needed (for the HF export)."""
     folder = ckpt_dir / tag
-    if any(folder.glob("*optim_states.pt")) and any(folder.glob("zero_pp_rank_*")):
+    if any(folder.glob("*optim_states.pt")) and any(folder.glob("*zero_pp_rank_*")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)

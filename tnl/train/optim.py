@@ -103,8 +103,6 @@ def deepspeed_config(cfg: Any, world_size: int, precision: str) -> dict:
         "steps_per_print": 10**9,  # progress is ours
         "wall_clock_breakdown": False,
     }
-    if precision == "bf16" and d.stage == 1:  # DeepSpeed's BF16_Optimizer: fp32 gradient accumulation
-        ds["data_types"] = {"grad_accum_dtype": "fp32"}
     for key, value in dict(d.extra).items():
         ds[key] = value
     return ds

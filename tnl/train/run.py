@@ -125,13 +125,14 @@ def main(cfg: DictConfig) -> int:
     run_dir = Path(cfg.run_dir)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, run_dir)
     data_dir = prepare_data(cfg, env.rank)
     model_cfg = to_dict(cfg.model)
     check_vocab(data_dir, model_cfg)
     from tnl.train.engine import Session  # heavy imports (deepspeed) only past the dry run
 
-    session = Session(cfg, env, device, run_dir, data_dir, model_cfg)
+    session = Session(cfg, env, device, run_dir, data_dir, model_cfg)  # refuses an incompatible checkpoint
+    if env.is_main:
+        write_config(cfg, run_dir)
     try:
         step = session.train()
         if cfg.trainer.export_hf and step >= cfg.trainer.max_steps:
