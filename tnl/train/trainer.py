@@ -163,12 +163,13 @@ class Trainer:
             record = self.train_step()
             step = record["step"]
             evaluated = t.eval_every and (step % t.eval_every == 0 or step == t.max_steps)
-            if evaluated:
-                record["val_loss"] = self.evaluate()
             if evaluated or step % t.log_every == 0 or step == stop:
                 tps = self.throughput.rate(self.state.tokens)
                 record["tokens_per_s"] = tps
                 record["mfu"] = mfu(self.flops_per_token, tps, self.peak_flops, self.world_size)
+                if evaluated:
+                    record["val_loss"] = self.evaluate()
+                    self.throughput.reset(self.state.tokens)  # keep evaluation time out of tokens/s
                 for cb in self.callbacks:
                     cb.on_log(step, record)
             if self.on_save is not None and ((t.save_every and step % t.save_every == 0) or step == stop):
