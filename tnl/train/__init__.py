@@ -1,1 +1,12 @@
-"""tnl.train"""
+"""tnl.train: the DeepSpeed training program behind scripts/train.py.
+
+    config.py      the typed config schema (RootConfig) and Hydra composition with one-line errors
+    dist.py        ranks from the launcher's environment, process group, small collectives
+    optim.py       AdamW + weight-decay split, warmup/cosine LR, the generated DeepSpeed config
+    trainer.py     the loop: train_step (skip non-finite steps), evaluate, fit with callbacks
+    metrics.py     tokens/s, MFU (peak FLOP/s table), metrics.jsonl, console, wandb, tensorboard
+    checkpoint.py  atomic DeepSpeed checkpoints + loader/RNG state, keep-last-k, resume checks
+    engine.py      one session: model, optimizer, engine, loaders, resume, save
+    run.py         main(cfg) and the CLI (dry run, data preparation on first use, export at the end)
+    export.py      a run's checkpoint -> Hugging Face directory (scripts/export_hf.py)
+"""

@@ -56,8 +56,9 @@ class StepGate:
         inner = optimizer.step
 
         def gated_step(opt, *args, **kwargs):
-            finite = all(bool(torch.isfinite(p.grad).all()) for g in opt.param_groups for p in g["params"]
-                         if p.grad is not None)
+            flags = [torch.isfinite(p.grad).all().to(self.device) for g in opt.param_groups for p in g["params"]
+                     if p.grad is not None]
+            finite = bool(torch.stack(flags).all()) if flags else True  # one device sync, not one per tensor
             if self.veto or not dist.all_true(finite, self.device):
                 self.vetoed = True
                 return None
