@@ -139,3 +139,15 @@ def test_one_process_prepares_data_then_refuses_other_model(tmp_path):
     bad = compose([*data, f"data.inputs=[{tmp_path / 'missing.txt'}]", f"data.dir={tmp_path / 'prep2'}"])
     with pytest.raises(SetupError, match="missing.txt"):
         prepare_data(bad, rank=0)
+
+
+@pytest.mark.gpu
+def test_gpu_one_process_bf16_mfu(demo, tmp_path):
+    """On a CUDA machine: bf16 ZeRO-2 on one GPU learns and reports MFU from the peak-FLOP/s table."""
+    run = tmp_path / "run"
+    r = launch(["model=tnl_tiny", "deepspeed=zero2", "deepspeed.precision=bf16", "trainer.max_steps=6",
+                "trainer.save_every=0", *FAST, *demo, f"run_dir={run}", "trainer.peak_flops=1e14"], ranks=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = metrics(run)
+    assert all(m["mfu"] is not None and 0 < m["mfu"] < 1 for m in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3
