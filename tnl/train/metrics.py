@@ -132,14 +132,17 @@ class ConsoleSink:
             self.bar = tqdm(total=max_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
     def on_log(self, step: int, record: dict) -> None:
-        if record.get("val_loss") is not None:
-            log.info("step %d val_loss %.4f", step, record["val_loss"])
+        val = record.get("val_loss")
+        if val is not None and self.bar is None:
+            log.info("step %d val_loss %.4f", step, val)
         done = step - self.start_step
         eta = (time.perf_counter() - self.t0) / max(done, 1) * (self.max_steps - step)
         mfu_s = f"{100 * record['mfu']:.1f}%" if record.get("mfu") is not None else "n/a"
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", mfu=mfu_s)
+            extra = {"val": f"{val:.4f}"} if val is not None else {}
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}", mfu=mfu_s,
+                                 **extra)
         else:
             log.info("step %d/%d loss %.4f lr %.3g grad_norm %s tokens/s %.0f mfu %s eta %s", step, self.max_steps,
                      record["loss"], record["lr"], _fmt_num(record["grad_norm"]), record["tokens_per_s"], mfu_s,
