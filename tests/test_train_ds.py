@@ -75,6 +75,9 @@ def check_export(run_dir: Path, arch: str) -> None:
     with torch.no_grad():
         logits = model(ids).logits
     assert logits.shape == (1, ids.shape[1], 4096) and torch.isfinite(logits).all()
+    # trained in bf16: the export carries the fp32 master weights, not the bf16-rounded module copies
+    w = next(p for n, p in model.named_parameters() if "embed" in n).detach()
+    assert not torch.equal(w, w.bfloat16().float())
 
 
 def test_zero2_tnl_killed_mid_checkpoint_resumes_bit_identical(demo, tmp_path):

@@ -175,10 +175,31 @@ def model_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
         files = sorted(folder.glob("mp_rank_*_model_states.pt"))
         if not files:
             raise CheckpointError(f"no DeepSpeed model states in {folder}")
-        sd = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        states = torch.load(files[0], map_location="cpu", weights_only=False)
+        sd = dict(states["module"])
+        sd.update(_fp32_masters(states.get("optimizer"), read_meta(ckpt_dir, tag)))
     if sd and all(k.startswith("model.") for k in sd):  # saved through the ZeRO-3 LossOnly wrapper
         sd = {k[len("model."):]: v for k, v in sd.items()}
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def _fp32_masters(optimizer_state: Any, meta: dict) -> dict[str, torch.Tensor]:
+    """ZeRO-0 with bf16/fp16 rounds the module weights; its optimizer keeps fp32 masters, group by group in the order
+    tnl.train.optim.param_groups gave them. Map them back to names (model rebuilt on the meta device)."""
+    groups = optimizer_state.get("fp32_groups") if isinstance(optimizer_state, dict) else None
+    if not groups or "model" not in meta:
+        return {}
+    from tnl.models import build_model
+    from tnl.train.optim import param_groups
+
+    model = build_model(meta["model"], device="meta")
+    names = {id(p): n for n, p in model.named_parameters()}
+    ours = [[names[id(p)] for p in g["params"]] for g in param_groups(model.named_parameters(), 1.0)]
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    if [len(g) for g in groups] != [len(g) for g in ours] or any(
+            tuple(t.shape) != shapes[n] for gn, gt in zip(ours, groups) for n, t in zip(gn, gt)):
+        return {}  # written by other code: keep the module weights
+    return {n: t for gn, gt in zip(ours, groups) for n, t in zip(gn, gt)}
 
 
 def info(ckpt_dir: Path, tag: str) -> dict[str, Any]:

@@ -26,8 +26,6 @@ def export_run(run_dir: str | Path, tag: str | None = None, out_dir: str | Path 
     meta = checkpoint.read_meta(ckpt_dir, tag)
     state = checkpoint.model_state_dict(ckpt_dir, tag)
     model = build_model(meta["model"])
-    if meta.get("zero_stage") == 0 and meta.get("precision") in ("bf16", "fp16"):
-        state.update(_fp32_masters(ckpt_dir / tag, model))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in _tied_names(model)]
     if missing or unexpected:
@@ -43,31 +41,6 @@ def export_run(run_dir: str | Path, tag: str | None = None, out_dir: str | Path 
         log.warning("data dir %s of the run is gone: exporting without tokenizer files", data_dir)
     tnl.hf.export_pretrained(model, out, tokenizer_dir=tok_dir)
     log.info("exported %s (step %d) to %s", ckpt_dir / tag, meta["step"], out)
-    return out
-
-
-def _fp32_masters(folder: Path, model) -> dict:
-    """ZeRO-0 with bf16/fp16 keeps fp32 master weights in the optimizer state, group by group in the order
-    tnl.train.optim.param_groups gave them: prefer those to the rounded module weights."""
-    import torch
-
-    from tnl.train.optim import param_groups
-
-    files = sorted(folder.glob("mp_rank_*_model_states.pt"))
-    groups = torch.load(files[0], map_location="cpu", weights_only=False).get("optimizer", {}).get("fp32_groups")
-    names = {id(p): n for n, p in model.named_parameters()}
-    ours = [[names[id(p)] for p in g["params"]] for g in param_groups(model.named_parameters(), 1.0)]
-    if not groups or [len(g) for g in groups] != [len(g) for g in ours]:
-        log.warning("no fp32 master weights found in %s: exporting the bf16 module weights", folder)
-        return {}
-    params = dict(model.named_parameters())
-    out = {}
-    for group_names, tensors in zip(ours, groups):
-        for name, t in zip(group_names, tensors):
-            if tuple(t.shape) != tuple(params[name].shape):
-                log.warning("fp32 master of %s has shape %s: exporting the bf16 module weights", name, t.shape)
-                return {}
-            out[name] = t.float()
     return out
 
 
