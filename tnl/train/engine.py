@@ -78,9 +78,10 @@ class Session:
         gate = StepGate(optimizer, device)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config,
                                                dist_init_required=False)
+        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ZeRO-3: full sizes
         log.info("model %s: %s parameters, %.3g training FLOPs/token at seq_len %d; ZeRO-%d %s on %d x %s",
-                 model_cfg["arch"], f"{sum(p.numel() for p in model.parameters()):,}", self.flops_per_token,
-                 t.seq_len, cfg.deepspeed.stage, self.precision, env.world_size, device.type)
+                 model_cfg["arch"], f"{n_params:,}", self.flops_per_token, t.seq_len, cfg.deepspeed.stage,
+                 self.precision, env.world_size, device.type)
 
         loader_kw = dict(rank=env.rank, world_size=env.world_size, seed=cfg.seed, cu_seqlens=t.cu_seqlens)
         train_loader = PackedLoader(data_dir, "train", t.seq_len, t.micro_batch_size, **loader_kw)
