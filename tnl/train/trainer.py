@@ -45,21 +45,23 @@ class StepGate:
     """Lets the trainer veto the optimizer update of a step, whatever DeepSpeed wrapper calls the inner optimizer.
 
     DeepSpeed calls the client optimizer's step() at the accumulation boundary (per parameter group for ZeRO-1/2);
-    the gate drops that call when the trainer saw a non-finite loss, or when this rank's gradients (after DeepSpeed's
-    reduction and clipping) are not finite on any rank.
+    the gate drops that call when the step's losses (set by the trainer) or this rank's gradients (after DeepSpeed's
+    reduction and clipping) are not finite on any rank. Checking here, not before backward, costs no extra sync.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device):
         self.optimizer, self.device = optimizer, device
-        self.veto = False
+        self.losses: torch.Tensor | None = None  # this step's micro-batch losses on this rank
         self.vetoed = False
         inner = optimizer.step
 
         def gated_step(opt, *args, **kwargs):
             flags = [torch.isfinite(p.grad).all().to(self.device) for g in opt.param_groups for p in g["params"]
                      if p.grad is not None]
+            if self.losses is not None:
+                flags.append(torch.isfinite(self.losses).all().to(self.device))
             finite = bool(torch.stack(flags).all()) if flags else True  # one device sync, not one per tensor
-            if self.veto or not dist.all_true(finite, self.device):
+            if not dist.all_true(finite, self.device):
                 self.vetoed = True
                 return None
             return inner(*args, **kwargs)
@@ -91,6 +93,8 @@ class Trainer:
 
     # -- one step -------------------------------------------------------------------------------------------------
     def _forward(self, batch: dict) -> torch.Tensor:
+        if self.device.type == "cuda":  # pinned host memory makes the copies asynchronous
+            batch = {k: v.pin_memory() for k, v in batch.items()}
         ids = batch["input_ids"].to(self.device, non_blocking=True)
         targets = batch["targets"].to(self.device, non_blocking=True)
         cu = batch.get("cu_seqlens")
@@ -102,14 +106,14 @@ class Trainer:
     def train_step(self) -> dict:
         """grad_accum forward/backward passes and (unless vetoed) one optimizer update; returns the step's record."""
         lr = self.schedule.apply(self.gate.optimizer, self.state.step)
-        self.gate.veto, self.gate.vetoed = False, False
+        self.gate.losses, self.gate.vetoed = None, False
         losses = []
         self.engine.train()
         for micro in range(self.cfg.trainer.grad_accum):
             loss = self._forward(next(self.batches))
             losses.append(loss.detach().float())
-            if micro == self.cfg.trainer.grad_accum - 1:  # decide before the boundary step applies the update
-                self.gate.veto = not dist.all_true(bool(torch.isfinite(torch.stack(losses)).all()), self.device)
+            if micro == self.cfg.trainer.grad_accum - 1:  # the gate sees them when the boundary step runs
+                self.gate.losses = torch.stack(losses)
             self.engine.backward(loss)
             self.engine.step()
         loss = dist.mean(torch.stack(losses).mean().item(), self.device)
