@@ -40,6 +40,16 @@ def test_compose_defaults_and_overrides():
     assert compose([]).deepspeed.stage == 2
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")))
+def test_experiments_compose(name):
+    cfg = compose([f"experiment={name}"])
+    assert cfg.run_dir.startswith("runs/") and cfg.model.arch in ("tnl", "llama")
+    if name.endswith("_h100"):
+        assert cfg.trainer.seq_len == 2048 and cfg.deepspeed.stage == 2 and cfg.deepspeed.precision == "bf16"
+    if name == "llama_385m_h100":
+        assert cfg.model.arch == "llama" and cfg.optim.lr == compose(["experiment=tnl_385m_h100"]).optim.lr
+
+
 @pytest.mark.parametrize("override, needle", [
     ("trainer.max_stepz=3", "trainer.max_stepz"),
     ("+trainer.foo=1", "'foo' not in 'TrainerConfig'"),
