@@ -39,9 +39,13 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], env: dict | None = None, ranks: int = 2) -> subprocess.CompletedProcess:
+def launch(args: list[str], env: dict | None = None, ranks: int = 2, torchrun: bool = False
+           ) -> subprocess.CompletedProcess:
     if ranks == 1:
         cmd = [sys.executable, "scripts/train.py", *args]
+    elif torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+               str(_port()), "scripts/train.py", *args]
     else:
         cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(_port()), "scripts/train.py", *args]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
@@ -112,6 +116,15 @@ def test_two_ranks_learn_and_export(demo, tmp_path, model, stage):
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.3, [m["loss"] for m in rows]
     assert json.loads((run / "checkpoints/step_00000005/meta.json").read_text())["zero_stage"] == stage
     check_export(run, model.split("_")[0])
+
+
+def test_torchrun_zero1(demo, tmp_path):
+    run = tmp_path / "run"
+    r = launch(["model=llama_tiny", "deepspeed=zero1", "trainer.max_steps=3", "trainer.save_every=0",
+                "trainer.export_hf=false", *FAST, *demo, f"run_dir={run}"], torchrun=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3]
+    assert json.loads((run / "checkpoints/step_00000003/meta.json").read_text())["world_size"] == 2
 
 
 def test_one_process_prepares_data_then_refuses_other_model(tmp_path):
