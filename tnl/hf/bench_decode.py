@@ -27,14 +27,13 @@ from tnl.hf.export import llama_config_from_args, tnl_config_from_args
 from tnl.hf.graph_decode import GraphDecoder
 from tnl.hf.modeling_tnl import _CACHE_KEY, TnlForCausalLM
 from tnl.models.config import ModelArgs
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+from tnl.paths import default_config_dir
 
 
 def model_args(name_or_path: str) -> ModelArgs:
     path = Path(name_or_path)
     if not path.is_file():
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        path = default_config_dir() / "model" / f"{name_or_path}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no model config {name_or_path!r} (looked for {path})")
     return ModelArgs.from_mapping(yaml.safe_load(path.read_text()))

@@ -7,6 +7,7 @@ LLaMA -> a stock transformers LlamaForCausalLM directory (q/k/v and gate/up spli
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -112,6 +113,15 @@ def _write(model: nn.Module, tmp: Path) -> None:
         _hf_model(LlamaForCausalLM, config, llama_state_dict_to_hf(sd, args)).save_pretrained(tmp)
 
 
+def _make_readable(folder: Path) -> None:
+    """Give `folder` and its files the permissions of a normal mkdir / file write under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.rglob("*"):
+        f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
+
+
 def export_pretrained(model: nn.Module, out_dir, tokenizer_dir=None) -> Path:
     """Write `model` (TnlLM or LlamaLM) as a Hugging Face directory at `out_dir` (replaced atomically if it exists).
 
@@ -127,6 +137,7 @@ def export_pretrained(model: nn.Module, out_dir, tokenizer_dir=None) -> Path:
             for f in sorted(Path(tokenizer_dir).iterdir()):
                 if f.is_file():
                     shutil.copy2(f, tmp / f.name)
+        _make_readable(tmp)  # mkdtemp makes the folder private (0700): an export is meant to be shared
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+from tnl.paths import default_config_dir
 
 
 class ConfigError(ValueError):
@@ -117,9 +117,9 @@ def compose(overrides: list[str], config_dir: Path | str | None = None) -> DictC
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    config_dir = Path(config_dir or CONFIG_DIR).resolve()
+    config_dir = Path(config_dir or default_config_dir()).resolve()
     if not (config_dir / "config.yaml").is_file():
-        raise ConfigError(f"no config.yaml in {config_dir}")
+        raise ConfigError(f"no config.yaml in {config_dir} (set TNL_CONFIG_DIR to the project's configs/ folder)")
     register_schema()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3", job_name="tnl"):
