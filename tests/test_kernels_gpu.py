@@ -8,30 +8,19 @@ Run with `pytest -m gpu tests/test_kernels_gpu.py`; skipped without CUDA.
 import pytest
 import torch
 
+from numerics import rel_err
 from tnl.reference import lightning_attn_chunked, lightning_attn_recurrent
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("poison_empty")]
 
 # relative-norm tolerance per input dtype (bf16 rounds the operands of every product and the stored chunk states)
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}  # seen on H100: 4e-7, 3e-4, 2.8e-3
 
 
-@pytest.fixture(autouse=True)
-def poisoned_empty(monkeypatch):
-    real = torch.empty
-
-    def nan_empty(*args, **kwargs):
-        x = real(*args, **kwargs)
-        if x.is_floating_point():
-            x.fill_(float("nan"))
-        return x
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
 
 
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+rel = rel_err
 
 
 def random_cu(T, seed, min_docs=3):

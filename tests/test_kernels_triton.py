@@ -16,29 +16,18 @@ if torch.cuda.is_available():
     pytest.skip("interpreter tests run on CPU-only machines", allow_module_level=True)
 
 import tnl_kernels  # noqa: E402
+from numerics import rel_err  # noqa: E402
 from tnl.reference import lightning_attn_recurrent  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("poison_empty")
 
 # relative-norm tolerance per input dtype (fp32 products are exact "ieee"; fp16 rounds the operands of each product)
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 
-@pytest.fixture(autouse=True)
-def poisoned_empty(monkeypatch):
-    """torch.empty returns NaN-filled (floating) buffers, so unwritten kernel outputs cannot look right."""
-    real = torch.empty
-
-    def nan_empty(*args, **kwargs):
-        x = real(*args, **kwargs)
-        if x.is_floating_point():
-            x.fill_(float("nan"))
-        return x
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
 
 
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+rel = rel_err
 
 
 def make_inputs(B, T, H, D, E, dtype, decay, with_h0, cu, seed):

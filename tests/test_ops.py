@@ -12,6 +12,7 @@ import zlib
 import pytest
 import torch
 
+from numerics import rel_err
 from tnl import ops, reference
 
 # Relative Frobenius error allowed on the torch path: both sides see the same rounded inputs, so what is left is fp32
@@ -19,18 +20,7 @@ from tnl import ops, reference
 RTOL = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """torch.empty / empty_like return NaN-filled floating tensors, so an unwritten output element cannot pass."""
-    real_empty, real_like = torch.empty, torch.empty_like
-
-    def poison(t):
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(real_empty(*a, **kw)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(real_like(*a, **kw)))
+pytestmark = pytest.mark.usefixtures("poison_empty")
 
 
 @pytest.fixture(autouse=True)
@@ -38,9 +28,6 @@ def torch_backend(monkeypatch):
     monkeypatch.setenv("TNL_KERNEL_BACKEND", "torch")
 
 
-def rel_err(got, want):
-    got, want = got.double(), want.double()
-    return ((got - want).norm() / want.norm().clamp(min=1e-30)).item()
 
 
 def make_inputs(seed, B, T, H, D, E, dtype, cu=None, init=False, slope="rand"):

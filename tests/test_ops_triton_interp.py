@@ -19,6 +19,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from numerics import rel_err
 from tnl import ops, reference  # noqa: E402
 
 # Relative Frobenius error vs float64. fp32 products are exact ("ieee"); fp16 rounds the operands of every product
@@ -47,23 +48,9 @@ def triton_backend(monkeypatch):
     monkeypatch.setenv("TNL_KERNEL_BACKEND", "triton")
 
 
-@pytest.fixture(autouse=True)
-def poison_empty(monkeypatch):
-    """torch.empty / empty_like return NaN-filled floating tensors, so an unwritten output element cannot pass."""
-    real_empty, real_like = torch.empty, torch.empty_like
-
-    def poison(t):
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(real_empty(*a, **kw)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(real_like(*a, **kw)))
+pytestmark = pytest.mark.usefixtures("poison_empty")
 
 
-def rel_err(got, want):
-    got, want = got.double(), want.double()
-    return ((got - want).norm() / want.norm().clamp(min=1e-30)).item()
 
 
 CASES = {  # name: (B, T, H, D, E, cu_seqlens, initial_state, decay)
