@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # `make demo`: the main job end to end on the embedded corpus, from a fresh clone, in a few minutes on 2 CPU cores:
 # prepare data -> train a tiny TNL with the deepspeed launcher -> held-out loss -> HF export -> generate a sample.
-# Environment: RUN (run dir, default runs/demo; re-running resumes/finishes it), STEPS (default 300), RANKS (default:
+# Environment: RUN (run dir, default runs/demo; re-running resumes/finishes it), STEPS (default 600), RANKS (default:
 # the number of GPUs, else 2 CPU ranks on gloo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/demo}
-STEPS=${STEPS:-300}
+STEPS=${STEPS:-600}
 if [[ -z ${RANKS:-} ]]; then
   RANKS=$(python -c "import torch; print(torch.cuda.device_count() or 2)")
 fi
