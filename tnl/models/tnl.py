@@ -114,8 +114,9 @@ class NormLinearAttention(nn.Module):
             s = self._slope_cache[device] = torch.tensor(self.slopes, dtype=torch.float32, device=device)
         return s
 
-    def forward(self, x, positions, cu_seqlens=None, state=None, padding_mask=None, return_state=False):
-        """x (B, T, D); positions (T,) or (B, T); state (B, H, Dq, Dh) fp32 or None; padding_mask (B, T) 1 = token.
+    def forward(self, x, positions, cu_seqlens=None, state=None, padding_mask=None, return_state=False, sp=None):
+        """x (B, T, D); positions (T,) or (B, T); state (B, H, Dq, Dh) fp32 or None; padding_mask (B, T) 1 = token;
+        sp: a tnl.parallel.SequenceContext when x is one rank's chunk of a sequence-parallel group (training form).
 
         Returns (out (B, T, D), final state or None). T == 1 with a state takes the O(1) recurrent step."""
         B, T, D = x.shape
@@ -133,7 +134,11 @@ class NormLinearAttention(nn.Module):
         if padding_mask is not None:  # padded tokens write nothing into the state (k^T 0 = 0)
             v = v * padding_mask[:, :, None, None].to(v.dtype)
         slope = self.slope(x.device)
-        if T == 1 and state is not None:
+        if sp is not None:
+            from tnl.parallel import lightning_attn_sp
+
+            o = lightning_attn_sp(q, k, v, slope, group=sp.group, cu_seqlens=cu_seqlens, carry_in=sp.shard.carry_in)
+        elif T == 1 and state is not None:
             from tnl.ops import lightning_attn_step  # O(1) decode step
 
             o, state = lightning_attn_step(q[:, 0], k[:, 0], v[:, 0], slope, state)
@@ -164,13 +169,14 @@ class TnlBlock(nn.Module):
         self.token_mixer = NormLinearAttention(args, layer_idx)
         self.channel_mixer = SGLU(args.hidden_size, args.intermediate_size, args.initializer_range)
 
-    def forward(self, x, positions, cu_seqlens=None, state=None, padding_mask=None, return_state=False):
-        h, state = self.token_mixer(srms_norm(x, self.eps), positions, cu_seqlens, state, padding_mask, return_state)
+    def forward(self, x, positions, cu_seqlens=None, state=None, padding_mask=None, return_state=False, sp=None):
+        h, state = self.token_mixer(srms_norm(x, self.eps), positions, cu_seqlens, state, padding_mask, return_state,
+                                    sp)
         x = x + h
         return x + self.channel_mixer(srms_norm(x, self.eps)), state
 
-    def forward_train(self, x, positions, cu_seqlens):
-        return self.forward(x, positions, cu_seqlens)[0]
+    def forward_train(self, x, positions, cu_seqlens, sp=None):
+        return self.forward(x, positions, cu_seqlens, sp=sp)[0]
 
 
 class TnlModules:
@@ -191,7 +197,7 @@ class TnlModules:
         return self.embed_tokens.weight if self.args.tie_word_embeddings else self.lm_head.weight
 
     def _hidden_states(self, input_ids, positions, cu_seqlens=None, states=None, padding_mask=None,
-                       return_states=False):
+                       return_states=False, sp=None):
         """Embed, run every block, final SRMSNorm. Returns (hidden (B, T, D), list of per-layer states or None)."""
         x = self.embed_tokens(input_ids)
         if self.embed_scale != 1.0:
@@ -200,10 +206,10 @@ class TnlModules:
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and states is None
         for i, layer in enumerate(self.layers):
             if use_ckpt and not return_states:
-                x = checkpoint(layer.forward_train, x, positions, cu_seqlens, use_reentrant=False)
+                x = checkpoint(layer.forward_train, x, positions, cu_seqlens, sp, use_reentrant=False)
                 continue
             x, s = layer(x, positions, cu_seqlens, None if states is None else states[i], padding_mask,
-                         return_states)
+                         return_states, sp)
             if return_states:
                 new_states.append(s)
         return srms_norm(x, self.args.norm_eps), new_states
@@ -236,17 +242,30 @@ class TnlLM(TnlModules, nn.Module):
             raise ValueError(f"TnlLM needs arch 'tnl', got {args.arch!r}")
         self._build_tnl(args)  # every weight is initialised N(0, initializer_range) by its own constructor
 
-    def forward(self, input_ids, targets=None, cu_seqlens=None) -> LMOutput:
+    def forward(self, input_ids, targets=None, cu_seqlens=None, sp=None) -> LMOutput:
+        """Training form (INTERFACES C). With `sp` (a tnl.parallel.SequenceContext) the inputs are this rank's chunk
+        of a sequence split over a sequence-parallel group (cu_seqlens local to the chunk): LRPE positions continue
+        from the chunk's first in-document position, attention runs through lightning_attn_sp, and the loss VALUE is
+        the mean over the whole sequence (same on every rank of the group) while its gradient is only this rank's
+        share (sum of its token losses / all tokens): summing gradients over the group gives the one-rank gradient."""
         check_inputs(input_ids, targets, cu_seqlens)
         T = input_ids.shape[1]
         if cu_seqlens is None:
             positions = torch.arange(T, device=input_ids.device)
         else:
             positions = doc_positions(cu_seqlens, T, input_ids.device)
-        h, _ = self._hidden_states(input_ids, positions, cu_seqlens)
+        if sp is not None and sp.shard.first_pos:  # the chunk's first document started on an earlier rank
+            first = T if cu_seqlens is None else int(cu_seqlens[1])
+            positions = positions + sp.shard.first_pos * (torch.arange(T, device=input_ids.device) < first)
+        h, _ = self._hidden_states(input_ids, positions, cu_seqlens, sp=sp)
         if targets is None:
             return LMOutput(loss=None, logits=F.linear(h, self.output_weight))
-        return LMOutput(loss=lm_head_loss(h, self.output_weight, targets, self.args.loss_chunk_size), logits=None)
+        loss = lm_head_loss(h, self.output_weight, targets, self.args.loss_chunk_size)
+        if sp is not None:
+            from tnl.parallel import sequence_parallel_loss
+
+            loss = sequence_parallel_loss(loss, targets, sp.group)
+        return LMOutput(loss=loss, logits=None)
 
     def flops_per_token(self, seq_len: int) -> float:
         return tnl_flops_per_token(self.args, seq_len)

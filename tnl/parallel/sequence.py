@@ -39,7 +39,8 @@ import torch.distributed as dist
 
 from tnl.ops import lightning_attn
 
-__all__ = ["SequenceShard", "lightning_attn_sp", "shard_range", "shard_sequence"]
+__all__ = ["SequenceContext", "SequenceShard", "lightning_attn_sp", "sequence_parallel_loss", "shard_range",
+           "shard_sequence"]
 
 
 class _StateExchange(torch.autograd.Function):
@@ -163,3 +164,24 @@ def shard_range(start: int, end: int, T: int, cu_seqlens: torch.Tensor | None = 
     inner = sorted({b - start for b in cu if start < b < end})
     local = torch.tensor([0, *inner, end - start], dtype=torch.int32, device=cu_seqlens.device)
     return SequenceShard(start, end, local, doc_start < start, start - doc_start)
+
+
+@dataclasses.dataclass
+class SequenceContext:
+    """What a model needs to run one rank's chunk: the sequence-parallel group and the rank's SequenceShard."""
+
+    group: dist.ProcessGroup | None
+    shard: SequenceShard
+
+
+def sequence_parallel_loss(local_mean: torch.Tensor, targets: torch.Tensor, group) -> torch.Tensor:
+    """From this rank's mean token loss to the loss of the whole sequence: the VALUE is the mean over all the group's
+    non-ignored targets (identical on every rank), the GRADIENT is this rank's token-loss sum / that global count, so
+    the group's gradients sum to the one-rank gradient. (A data-parallel average over all P x DP ranks therefore
+    needs the loss scaled by P before backward; the trainer does that.)"""
+    count = (targets != -100).sum().to(local_mean.dtype)
+    local_sum = local_mean * count.clamp(min=1)
+    both = torch.stack([local_sum.detach(), count])
+    dist.all_reduce(both, group=group)
+    total, n = both[0], both[1].clamp(min=1)
+    return (local_sum + (total - local_sum.detach())) / n
