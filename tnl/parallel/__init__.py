@@ -2,12 +2,14 @@
 
 from tnl.parallel.sequence import (
     SequenceContext,
+    SequenceParallel,
     SequenceShard,
     lightning_attn_sp,
+    new_sequence_parallel,
     sequence_parallel_loss,
     shard_range,
     shard_sequence,
 )
 
-__all__ = ["SequenceContext", "SequenceShard", "lightning_attn_sp", "sequence_parallel_loss", "shard_range",
-           "shard_sequence"]
+__all__ = ["SequenceContext", "SequenceParallel", "SequenceShard", "lightning_attn_sp", "new_sequence_parallel",
+           "sequence_parallel_loss", "shard_range", "shard_sequence"]

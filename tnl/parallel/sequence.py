@@ -39,8 +39,8 @@ import torch.distributed as dist
 
 from tnl.ops import lightning_attn
 
-__all__ = ["SequenceContext", "SequenceShard", "lightning_attn_sp", "sequence_parallel_loss", "shard_range",
-           "shard_sequence"]
+__all__ = ["SequenceContext", "SequenceParallel", "SequenceShard", "lightning_attn_sp", "new_sequence_parallel",
+           "sequence_parallel_loss", "shard_range", "shard_sequence"]
 
 
 class _StateExchange(torch.autograd.Function):
@@ -185,3 +185,33 @@ def sequence_parallel_loss(local_mean: torch.Tensor, targets: torch.Tensor, grou
     dist.all_reduce(both, group=group)
     total, n = both[0], both[1].clamp(min=1)
     return (local_sum + (total - local_sum.detach())) / n
+
+
+@dataclasses.dataclass
+class SequenceParallel:
+    """This rank's place in a P (sequence) x DP (data) grid: consecutive global ranks form one sequence-parallel
+    group (rank = dp_rank * P + sp_rank, so a group shares a node when P divides the GPUs per node)."""
+
+    group: dist.ProcessGroup | None
+    size: int
+    rank: int
+    dp_rank: int
+    dp_size: int
+
+    def shard(self, T: int, cu_seqlens: torch.Tensor | None = None) -> SequenceShard:
+        return shard_sequence(T, self.rank, self.size, cu_seqlens)
+
+
+def new_sequence_parallel(size: int) -> SequenceParallel:
+    """Create the sequence-parallel groups of `size` ranks (every rank must call this, in the same order)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if size < 1 or world % size:
+        raise ValueError(f"parallel.sequence={size} must be >= 1 and divide the number of ranks ({world})")
+    mine = None
+    for dp in range(world // size):
+        ranks = list(range(dp * size, (dp + 1) * size))
+        group = dist.new_group(ranks) if size > 1 else None  # new_group is collective: all ranks create all groups
+        if rank in ranks:
+            mine = group
+    return SequenceParallel(mine, size, rank % size, rank // size, world // size)

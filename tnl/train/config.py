@@ -80,6 +80,11 @@ class LoggerConfig:
 
 
 @dataclass
+class ParallelConfig:
+    sequence: int = 1  # ranks per sequence-parallel group (TNL only); data parallel over world_size / sequence
+
+
+@dataclass
 class RootConfig:
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
@@ -87,6 +92,7 @@ class RootConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     seed: int = 1234
     run_dir: str = "runs/default"
 
@@ -167,6 +173,10 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.progress must be auto, bar or log, got {t.progress!r}")
     if "arch" not in cfg.model:
         raise ConfigError("the model group has no 'arch' key: pick one with model=<name> (configs/model/)")
+    if cfg.parallel.sequence < 1:
+        raise ConfigError(f"parallel.sequence must be >= 1, got {cfg.parallel.sequence}")
+    if cfg.parallel.sequence > 1 and cfg.model.arch != "tnl":
+        raise ConfigError(f"parallel.sequence > 1 needs a TNL model (arch: tnl), got arch {cfg.model.arch!r}")
 
 
 def model_error(err: Exception) -> ConfigError:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import tnl
 from tnl.train import checkpoint, dist
-from tnl.train.config import model_error
+from tnl.train.config import ConfigError, model_error
 from tnl.train.metrics import build_sinks, peak_flops
 from tnl.train.optim import WarmupCosine, build_optimizer, deepspeed_config, resolve_precision
 from tnl.train.trainer import StepGate, Trainer, TrainState
@@ -48,8 +48,8 @@ class LossOnly(torch.nn.Module):
         self.model = model
         deepspeed.zero.register_external_parameter(self, model.output_weight)
 
-    def forward(self, input_ids, targets=None, cu_seqlens=None):
-        return self.model(input_ids, targets=targets, cu_seqlens=cu_seqlens).loss
+    def forward(self, input_ids, targets=None, cu_seqlens=None, **kwargs):
+        return self.model(input_ids, targets=targets, cu_seqlens=cu_seqlens, **kwargs).loss
 
     def flops_per_token(self, seq_len: int) -> float:
         return self.model.flops_per_token(seq_len)
@@ -83,7 +83,13 @@ class Session:
                  model_cfg["arch"], f"{n_params:,}", self.flops_per_token, t.seq_len, cfg.deepspeed.stage,
                  self.precision, env.world_size, device.type)
 
-        loader_kw = dict(rank=env.rank, world_size=env.world_size, seed=cfg.seed, cu_seqlens=t.cu_seqlens)
+        from tnl.parallel import new_sequence_parallel
+
+        try:  # P ranks share each sequence; the loaders see only the data-parallel replicas
+            sp = new_sequence_parallel(cfg.parallel.sequence)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        loader_kw = dict(rank=sp.dp_rank, world_size=sp.dp_size, seed=cfg.seed, cu_seqlens=t.cu_seqlens)
         train_loader = PackedLoader(data_dir, "train", t.seq_len, t.micro_batch_size, **loader_kw)
         make_val = None
         if t.eval_every:
@@ -93,7 +99,7 @@ class Session:
                                                      cfg.optim.min_lr_ratio),
                                cfg=cfg, device=device, world_size=env.world_size,
                                flops_per_token=self.flops_per_token, peak_flops=peak_flops(device, t.peak_flops),
-                               on_save=self.save)
+                               on_save=self.save, sequence_parallel=sp if sp.size > 1 else None)
         self.resume()
         if env.is_main:
             self.trainer.callbacks = build_sinks(run_dir, cfg, self.trainer.state.step,

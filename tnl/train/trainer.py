@@ -83,16 +83,31 @@ class Trainer:
     peak_flops: float | None
     callbacks: list = field(default_factory=list)  # objects with on_log(step, record) / close()
     on_save: Any = None  # (trainer) -> None, called every save_every steps and at the end
+    sequence_parallel: Any = None  # tnl.parallel.SequenceParallel when parallel.sequence > 1
     state: TrainState = field(default_factory=TrainState)
 
     def __post_init__(self):
         t = self.cfg.trainer
-        self.tokens_per_step = t.micro_batch_size * t.grad_accum * t.seq_len * self.world_size
+        sp_size = self.sequence_parallel.size if self.sequence_parallel is not None else 1
+        self.tokens_per_step = t.micro_batch_size * t.grad_accum * t.seq_len * (self.world_size // sp_size)
         self.batches = iter(self.train_loader)
         self.throughput = Throughput()
 
     # -- one step -------------------------------------------------------------------------------------------------
     def _forward(self, batch: dict) -> torch.Tensor:
+        sp, kwargs = self.sequence_parallel, {}
+        if sp is not None:  # every rank of the group got the same batch: keep this rank's chunk of the sequence
+            from tnl.parallel import SequenceContext
+
+            ids, targets, cu = batch["input_ids"], batch["targets"], batch.get("cu_seqlens")
+            if cu is not None:
+                ids, targets = ids.reshape(1, -1), targets.reshape(1, -1)
+            shard = sp.shard(ids.shape[1], cu)
+            batch = {"input_ids": ids[:, shard.start:shard.end].contiguous(),
+                     "targets": targets[:, shard.start:shard.end].contiguous()}
+            if shard.cu_seqlens is not None:
+                batch["cu_seqlens"] = shard.cu_seqlens
+            kwargs["sp"] = SequenceContext(sp.group, shard)
         if self.device.type == "cuda":  # pinned host memory makes the copies asynchronous
             batch = {k: v.pin_memory() for k, v in batch.items()}
         ids = batch["input_ids"].to(self.device, non_blocking=True)
@@ -100,7 +115,7 @@ class Trainer:
         cu = batch.get("cu_seqlens")
         if cu is not None:  # documents packed into one row: (B, T) -> (1, B*T)
             ids, targets, cu = ids.reshape(1, -1), targets.reshape(1, -1), cu.to(self.device)
-        out = self.engine(ids, targets=targets, cu_seqlens=cu)
+        out = self.engine(ids, targets=targets, cu_seqlens=cu, **kwargs)
         return out if isinstance(out, torch.Tensor) else out.loss  # LossOnly (ZeRO-3) returns the loss itself
 
     def train_step(self) -> dict:
@@ -114,7 +129,8 @@ class Trainer:
             losses.append(loss.detach().float())
             if micro == self.cfg.trainer.grad_accum - 1:  # the gate sees them when the boundary step runs
                 self.gate.losses = torch.stack(losses)
-            self.engine.backward(loss)
+            # sequence parallel: DeepSpeed averages gradients over all P x DP ranks, the group's gradients must sum
+            self.engine.backward(loss * self.sequence_parallel.size if self.sequence_parallel is not None else loss)
             self.engine.step()
         loss = dist.mean(torch.stack(losses).mean().item(), self.device)
         grad_norm = self.engine.get_global_grad_norm()
