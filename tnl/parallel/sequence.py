@@ -36,6 +36,7 @@ import dataclasses
 
 import torch
 import torch.distributed as dist
+from torch.utils.checkpoint import checkpoint
 
 from tnl.ops import lightning_attn
 
@@ -87,6 +88,13 @@ def _local_segments(cu_seqlens, T):
     return cu[1] - cu[0], len(cu) - 1
 
 
+def _correction(q, s_in, log_lam):
+    """lam^(t+1) q_t S_in in fp32 for the chunk's first tokens: (B, n, H, D) x (B, H, D, E) -> (B, n, H, E)."""
+    t = torch.arange(1, q.shape[1] + 1, device=q.device, dtype=torch.float32)
+    decay = torch.exp(t[:, None] * log_lam[None, :])  # (n, H)
+    return torch.einsum("bthd,bhde->bthe", q.float(), s_in) * decay[None, :, :, None]
+
+
 def lightning_attn_sp(q, k, v, slope=None, *, group, cu_seqlens=None, carry_in=True):
     """Lightning attention over a sequence split into contiguous chunks across the ranks of `group` (module docstring).
 
@@ -120,9 +128,10 @@ def lightning_attn_sp(q, k, v, slope=None, *, group, cu_seqlens=None, carry_in=T
     c = torch.tensor(1.0 if (carry_in or cu_seqlens is None) else 0.0, device=q.device)
     s_in = _StateExchange.apply(s_local[-1:] if cu_seqlens is not None else s_local, a, c, group)
     # o_t += lam^(t+1) q_t S_in for the tokens before the first local boundary (fp32, then q's dtype).
-    t = torch.arange(1, n0 + 1, device=q.device, dtype=torch.float32)
-    decay = torch.exp(t[:, None] * log_lam[None, :])  # (n0, H)
-    corr = torch.einsum("bthd,bhde->bthe", q[:, :n0].float(), s_in) * decay[None, :, :, None]
+    if torch.is_grad_enabled() and (q.requires_grad or s_in.requires_grad):  # keep no fp32 copy of q for backward
+        corr = checkpoint(_correction, q[:, :n0], s_in, log_lam, use_reentrant=False)
+    else:
+        corr = _correction(q[:, :n0], s_in, log_lam)
     head = (o0[:, :n0].float() + corr).to(o0.dtype)
     return head if n0 == T else torch.cat([head, o0[:, n0:]], dim=1)
 
