@@ -75,3 +75,39 @@ def _worker(rank, P, init_file):
 def test_tnl_tiny_sequence_parallel_matches_one_rank(P):
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_worker, args=(P, os.path.join(tmp, "init")), nprocs=P, join=True)
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_activation_bytes_per_token_match_the_memory_model(monkeypatch, ckpt):
+    """docs/sequence_parallel.md: autograd keeps L(13D + 3F) + 10D (LRPE) + 2D elements per token without activation
+    checkpointing, (L + 2) D with it. Counted here in fp32 with LA2 saving what the Triton kernel saves (q, k, v)."""
+    import tnl.models.tnl as tm
+    from tnl.models import build_model
+    from tnl.ops import lightning_attn
+
+    class SavesQKV(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, slope):
+            ctx.save_for_backward(q, k, v)
+            return lightning_attn(q, k, v, slope)[0]
+
+    monkeypatch.setattr(tm, "_attn_call", lambda q, k, v, slope, *rest: (SavesQKV.apply(q, k, v, slope), None))
+    cfg = dict(yaml.safe_load(CONFIG.read_text()), num_hidden_layers=3, hidden_size=128, intermediate_size=352,
+               vocab_size=512, gradient_checkpointing=ckpt)
+    D, F, L, T = 128, 352, 3, 256
+    model = build_model(cfg).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params and t.numel() >= T:  # per-token tensors (one storage counted once)
+            saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    ids = torch.randint(0, 512, (1, T), generator=torch.Generator().manual_seed(3))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(ids, targets=ids)
+    per_token = sum(saved.values()) / T / 4  # fp32 elements
+    want = (L + 2) * D if ckpt else L * (13 * D + 3 * F) + 10 * D + 2 * D
+    assert abs(per_token - want) <= 0.01 * want, (per_token, want)
