@@ -109,6 +109,7 @@ class Session:
     def meta(self, state: TrainState) -> dict[str, Any]:
         return {"step": state.step, "tokens": state.tokens, "skipped": state.skipped, "model": self.model_cfg,
                 "world_size": self.env.world_size, "zero_stage": self.cfg.deepspeed.stage,
+                "sequence_parallel": self.cfg.parallel.sequence,
                 "precision": self.precision, "seq_len": self.cfg.trainer.seq_len, "data_dir": str(self.data_dir),
                 "tnl_version": tnl.__version__}
 
@@ -133,6 +134,10 @@ class Session:
         meta = checkpoint.read_meta(self.ckpt_dir, tag)
         checkpoint.check_compatible(meta, self.model_cfg, self.env.world_size, self.cfg.deepspeed.stage,
                                     self.ckpt_dir / tag)
+        old_sp, sp = meta.get("sequence_parallel", 1), self.cfg.parallel.sequence
+        if old_sp != sp:  # the loaders' rank layout differs
+            raise checkpoint.CheckpointError(f"checkpoint {self.ckpt_dir / tag} was written with parallel.sequence="
+                                             f"{old_sp}, this run uses {sp}: resume with the same parallel.sequence")
         rank_state = checkpoint.load(self.engine, self.ckpt_dir, tag, self.env.rank)
         self.trainer.state.load_state_dict(rank_state["trainer"])
         try:
