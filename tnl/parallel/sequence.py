@@ -7,7 +7,8 @@ chunks). Linear attention needs only the running state S (H, D, E) from the left
     S_out = lam^L S_in + S_local                               (S_local: the chunk's own final state)
 
 exactly (the decay is folded in as lam^(t+1); states are the TRUE state, fp32). The local LA2 call (all the
-intra-chunk work) needs no S_in; only the cheap correction term does.
+intra-chunk work) needs no S_in; only the cheap correction term does. So S_local is computed first by a cheap
+O(L D E) pass, its all-gather is launched asynchronously, and LA2 runs while it is in flight.
 
 How the states travel: one all-gather per layer of the pairs (S_local_r, a_r) with a_r = lam^L_r (or 0 when a
 document boundary inside the chunk resets the state), followed by a local left-to-right scan over r' < r:
@@ -48,13 +49,12 @@ class _StateExchange(torch.autograd.Function):
     """S_in of this rank from every rank's (S_local, a, c): all-gather + prefix scan; backward mirrors it."""
 
     @staticmethod
-    def forward(ctx, s_local, a, c, group):
+    def forward(ctx, s_local, a, c, group, work, parts):
+        """`work`, `parts`: the all-gather `_start_exchange` launched (asynchronously) on (s_local, a, c)."""
         P, r = dist.get_world_size(group), dist.get_rank(group)
         shape = s_local.shape  # (Nb, H, D, E) fp32
         H = shape[1]
-        packed = torch.cat([s_local.reshape(-1), a.reshape(-1), c.reshape(1)])
-        parts = [torch.empty_like(packed) for _ in range(P)]
-        dist.all_gather(parts, packed.contiguous(), group=group)
+        work.wait()
         n = s_local.numel()
         b_all = [p[:n].view(shape) for p in parts]
         a_all = [p[n:n + H].view(1, H, 1, 1) for p in parts]
@@ -77,15 +77,38 @@ class _StateExchange(torch.autograd.Function):
         d_out = torch.zeros_like(g)
         for j in range(P - 2, r - 1, -1):
             d_out = c_all[j + 1] * (parts[j + 1] + a_all[j + 1] * d_out)
-        return d_out, None, None, None
+        return d_out, None, None, None, None, None
+
+
+def _start_exchange(s_local, a, c, group):
+    """Launch the all-gather of (S_local, a, c) without waiting (async_op): the intra-chunk work runs meanwhile."""
+    packed = torch.cat([s_local.detach().reshape(-1), a.reshape(-1), c.reshape(1)])
+    parts = [torch.empty_like(packed) for _ in range(dist.get_world_size(group))]
+    # The caller keeps `packed` alive until the wait (an in-flight collective must not see its buffer reused).
+    return dist.all_gather(parts, packed, group=group, async_op=True), parts, packed
+
+
+def _chunk_state(k, v, log_lam, block=4096):
+    """The chunk's own final state sum_t lam^(T-1-t) k_t^T v_t, (B, H, D, E) fp32, accumulated `block` tokens at a
+    time (bounded fp32 temporaries). O(T D E): cheap next to LA2's intra-block work, and it is all the exchange needs,
+    so the all-gather can start before the LA2 call."""
+    B, T, H, D = k.shape
+    state = torch.zeros(B, H, D, v.shape[-1], device=k.device, dtype=torch.float32)
+    for s in range(0, T, block):
+        e = min(T, s + block)
+        w = torch.exp(log_lam[None, :] * torch.arange(T - 1 - s, T - 1 - e, -1, device=k.device,
+                                                      dtype=torch.float32)[:, None])  # (e - s, H)
+        state = state + torch.einsum("bthd,bthe->bhde", k[:, s:e].float() * w[None, :, :, None], v[:, s:e].float())
+    return state
 
 
 def _local_segments(cu_seqlens, T):
-    """(length of the first segment, number of segments) of the chunk; host read of cu_seqlens (as tnl.ops does)."""
+    """(length of the first segment, number of segments, start of the last segment) of the chunk; reads cu_seqlens
+    on the host (as tnl.ops does)."""
     if cu_seqlens is None:
-        return T, 1
+        return T, 1, 0
     cu = [int(x) for x in cu_seqlens.tolist()]
-    return cu[1] - cu[0], len(cu) - 1
+    return cu[1] - cu[0], len(cu) - 1, cu[-2]
 
 
 def _correction(q, s_in, log_lam):
@@ -117,16 +140,24 @@ def lightning_attn_sp(q, k, v, slope=None, *, group, cu_seqlens=None, carry_in=T
     if not isinstance(q, torch.Tensor) or q.dim() != 4:
         raise ValueError(f"q must be a (B, L, H, D) tensor, got {getattr(q, 'shape', type(q))}")
     B, T, H, _ = q.shape
-    o0, s_local = lightning_attn(q, k, v, slope, output_final_state=True, cu_seqlens=cu_seqlens)
-    n0, nseg = _local_segments(cu_seqlens, T)
+    n0, nseg, last = _local_segments(cu_seqlens, T)
     if slope is None:
         log_lam = torch.zeros(H, device=q.device, dtype=torch.float32)
     else:
         log_lam = -slope.detach().to(device=q.device, dtype=torch.float32)
     # Only the last segment's state leaves the chunk; it carries S_in through only when it spans the whole chunk.
+    # It is computed first (recomputed in backward, so no fp32 copies are kept) and sent while LA2 runs.
+    kl, vl = k[:, last:], v[:, last:]
+    if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+        s_local = checkpoint(_chunk_state, kl, vl, log_lam, use_reentrant=False)
+    else:
+        s_local = _chunk_state(kl, vl, log_lam)
     a = torch.exp(log_lam * T) if nseg == 1 else torch.zeros(H, device=q.device, dtype=torch.float32)
     c = torch.tensor(1.0 if (carry_in or cu_seqlens is None) else 0.0, device=q.device)
-    s_in = _StateExchange.apply(s_local[-1:] if cu_seqlens is not None else s_local, a, c, group)
+    work, parts, packed = _start_exchange(s_local, a, c, group)  # `packed` referenced until the wait below
+    o0, _ = lightning_attn(q, k, v, slope, cu_seqlens=cu_seqlens)  # the intra-chunk work: needs no S_in
+    s_in = _StateExchange.apply(s_local, a, c, group, work, parts)
+    del packed
     # o_t += lam^(t+1) q_t S_in for the tokens before the first local boundary (fp32, then q's dtype).
     if torch.is_grad_enabled() and (q.requires_grad or s_in.requires_grad):  # keep no fp32 copy of q for backward
         corr = checkpoint(_correction, q[:, :n0], s_in, log_lam, use_reentrant=False)
