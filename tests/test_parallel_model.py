@@ -1,4 +1,4 @@
-"""tnl_tiny with a sequence-parallel group (gloo, CPU, 2 ranks) against the same model on one process.
+"""tnl_tiny with a sequence-parallel group (gloo, CPU, 2 and 4 ranks) against the same model on one process.
 
 Each rank builds the same seeded model and batch, runs the full sequence on its own (the truth), then its chunk with
 a SequenceContext. Checked: logits rows, the loss value (the whole-sequence mean on every rank), and the parameter
@@ -65,13 +65,13 @@ def _worker(rank, P, init_file):
     try:
         T = 24
         _check(rank, P, "batched", 2, T, None, False)
-        _check(rank, P, "packed", 1, T, [0, 5, 17, T], False)  # document 5..17 crosses the chunk boundary at 12
+        _check(rank, P, "packed", 1, T, [0, 5, 17, T], False)  # document 5..17 crosses chunk boundaries
         _check(rank, P, "packed_ckpt", 1, T, [0, 9, T], True)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("P", [2])
+@pytest.mark.parametrize("P", [2, 4])
 def test_tnl_tiny_sequence_parallel_matches_one_rank(P):
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_worker, args=(P, os.path.join(tmp, "init")), nprocs=P, join=True)
