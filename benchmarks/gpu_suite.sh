@@ -5,10 +5,21 @@
 #
 #   bash benchmarks/gpu_suite.sh tests        # make test-gpu equivalent: kernels, ops, models, HF, training  (~3 min)
 #   bash benchmarks/gpu_suite.sh kernels      # LA2 vs FA2 / OpenNLPLab / fla over T, head dims, packed       (~6 min)
+#   bash benchmarks/gpu_suite.sh tune         # LA2 block-size tuning -> kernels/la2_tuned.json                (~4 min)
 #   bash benchmarks/gpu_suite.sh decode       # decode ms/token, tnl_385m vs llama_385m, 1K..128K context    (~3 min)
-#   bash benchmarks/gpu_suite.sh throughput   # training tokens/s + peak memory over context 2K..64K          (~6 min)
-#   bash benchmarks/gpu_suite.sh train        # short tnl_385m / llama_385m runs on gutenberg: tokens/s, MFU  (~6 min)
+#   bash benchmarks/gpu_suite.sh throughput   # training tokens/s + peak memory over context 1K..64K          (~5 min)
+#   bash benchmarks/gpu_suite.sh memory       # tnl_1b peak memory vs context, with/without checkpointing    (~2 min)
+#   bash benchmarks/gpu_suite.sh train        # short tnl_385m / llama_385m runs on gutenberg: tokens/s, MFU  (~4 min)
+#   bash benchmarks/gpu_suite.sh data         # tokenize gutenberg (needs TNL_DATA_ROOT)                       (~1 min)
+#   bash benchmarks/gpu_suite.sh repro tnl    # repro_small for one model (tnl | llama) + held-out eval + tasks
+#   bash benchmarks/gpu_suite.sh compare      # repro_small curves + table from both runs
 #
+#   bash benchmarks/gpu_suite.sh parallel "tests; train" "decode; throughput" "repro tnl" "repro llama"
+#       runs each quoted group (steps separated by ';') in order on its own GPU (CUDA_VISIBLE_DEVICES=0, 1, ...),
+#       all groups at once; group i logs to $RESULTS/gpu<i>.log. A failed step is logged and the group goes on.
+#
+# Environment: RESULTS (output folder), PYTHON, STEPS (train step count), REPRO_STEPS (repro_small step count),
+# TASK_LIMIT (documents per zero-shot task), TNL_DATA_ROOT / TNL_EVAL_ROOT (corpora and task files).
 # fla-core and lightning-attn are optional competitors in `kernels` (reported as missing when absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,24 +27,74 @@ RESULTS=${RESULTS:-benchmarks/results}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
+stamp() { date -u +%Y%m%dT%H%MZ; }
 
-step=${1:?usage: gpu_suite.sh tests|kernels|decode|throughput|train}
+step=${1:?usage: gpu_suite.sh tests|kernels|tune|decode|throughput|memory|train|data|repro MODEL|compare|parallel GROUP...}
+shift
 case $step in
   tests)
-    "$PY" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$RESULTS/gpu_tests_$(date -u +%Y%m%dT%H%MZ).log" ;;
+    "$PY" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$RESULTS/gpu_tests_$(stamp).log" ;;
   kernels)
     "$PY" scripts/bench_kernels.py --out "$RESULTS" ;;
+  tune)
+    "$PY" benchmarks/tune_la2.py --out "$RESULTS" ;;
   decode)
     "$PY" -m tnl.hf.bench_decode --out "$RESULTS" ;;
   throughput)
     "$PY" scripts/bench_train.py --models tnl_385m,llama_385m --out "$RESULTS" ;;
+  memory)
+    # Single-GPU check of docs/sequence_parallel.md's memory model: one sequence per step (B = 1).
+    "$PY" scripts/bench_train.py --models tnl_1b --seq-lens 8192,16384,32768 --tokens 1 --warmup 1 --steps 2 \
+      --out "$RESULTS" --tag memory_nockpt
+    "$PY" scripts/bench_train.py --models tnl_1b --seq-lens 16384,65536,131072 --tokens 1 --warmup 1 --steps 2 \
+      --grad-ckpt --out "$RESULTS" --tag memory_ckpt ;;
   train)
     # Equal tokens for both models; data=gutenberg needs TNL_DATA_ROOT (or data.root=) pointing at the corpora.
     for exp in tnl_385m_h100 llama_385m_h100; do
-      "$PY" scripts/train.py experiment=$exp data=gutenberg run_dir="runs/$exp" trainer.max_steps="${STEPS:-60}"
+      "$PY" scripts/train.py experiment=$exp data=gutenberg run_dir="runs/$exp" trainer.max_steps="${STEPS:-60}" "$@"
       cp "runs/$exp/metrics.jsonl" "$RESULTS/train_${exp}_metrics.jsonl"
     done
     "$PY" scripts/compare_runs.py runs/tnl_385m_h100 runs/llama_385m_h100 --out "$RESULTS/train_385m_h100" ;;
+  data)
+    "$PY" scripts/prepare_data.py data=gutenberg "$@" ;;
+  repro)
+    name=${1:?usage: gpu_suite.sh repro tnl|llama [overrides...]}; shift
+    case $name in tnl) model=tnl_385m ;; llama) model=llama_385m ;; *) echo "repro: tnl or llama" >&2; exit 2 ;; esac
+    run=runs/repro_small_$name
+    "$PY" scripts/train.py experiment=repro_small model=$model run_dir=$run \
+      ${REPRO_STEPS:+trainer.max_steps=$REPRO_STEPS} "$@"
+    cp "$run/metrics.jsonl" "$RESULTS/repro_small_${name}_metrics.jsonl"
+    # held-out loss through the DeepSpeed checkpoint and through the HF export (the same number), then the tasks:
+    # tnl's own scorer and lm-evaluation-harness (when installed) on the local task files
+    for src in checkpoint hf; do
+      "$PY" scripts/eval.py --run "$run" --source $src --max-batches 40 --no-progress \
+        --out "$RESULTS/repro_small_${name}_val_$src.json" || true
+    done
+    evals=${TNL_EVAL_ROOT:-../shared/evals}
+    "$PY" scripts/eval.py --hf "$run/hf" --data-dir "$evals" --tasks all --limit "${TASK_LIMIT:-1000}" --no-progress \
+      --out "$RESULTS/repro_small_${name}_tasks.json" || true
+    if "$PY" -c "import lm_eval" 2>/dev/null; then
+      "$PY" scripts/eval.py --hf "$run/hf" --data-dir "$evals" --tasks all --limit "${LMEVAL_LIMIT:-200}" \
+        --backend lm-eval --no-progress --out "$RESULTS/repro_small_${name}_lm_eval.json" || true
+    fi ;;
+  compare)
+    "$PY" scripts/compare_runs.py runs/repro_small_tnl runs/repro_small_llama --out "$RESULTS/repro_small" ;;
+  parallel)
+    pids=()
+    i=0
+    for group in "$@"; do
+      ( export CUDA_VISIBLE_DEVICES=$i
+        IFS=';' read -r -a cmds <<< "$group"
+        for c in "${cmds[@]}"; do
+          read -r -a w <<< "$c"
+          [[ ${#w[@]} -gt 0 ]] || continue
+          echo "== gpu$i: ${w[*]} ($(date -u +%H:%M:%S))"
+          bash "$0" "${w[@]}" || echo "== gpu$i: ${w[*]} FAILED rc=$?"
+        done ) > "$RESULTS/gpu$i.log" 2>&1 &
+      pids+=($!)
+      i=$((i + 1))
+    done
+    for p in "${pids[@]}"; do wait "$p" || true; done ;;
   *)
-    echo "gpu_suite: unknown step '$step' (tests|kernels|decode|throughput|train)" >&2; exit 2 ;;
+    echo "gpu_suite: unknown step '$step'" >&2; exit 2 ;;
 esac
