@@ -9,8 +9,21 @@ Keys of a phase config:
   SEG             0: each state pass walks a whole sequence in one program; n > 0: it walks segments of n chunks
                   in parallel and a scan joins them (more programs for long sequences; not yet measured on a GPU)
   warps_*/stages_*  num_warps / num_stages of the state pass (s), output pass (o), dq/dk/dv pass (b)
+  ALGO            "chunk" (the keys above; default) or "fused" (kernels/la2_fused.py: LA2's own loop over segments,
+                  state in registers, no per-chunk states in memory); chosen per phase, each with its own keys:
+Keys of a "fused" phase config (the backward runs three walks, dq forward, dv and dk reversed, with the same keys):
+  BT              chunk length of the walk (one BT x BT score tile in registers)
+  BV              value tile of the walk (grid); the whole key dim is one tile. BV < value dim re-reads q and k per
+                  tile but halves the fp32 state held in registers. Never below 32 (16-wide tiles miscompiled)
+  SEGT            target tokens per segment (rounded down to a multiple of BT); segments of a sequence are walked
+                  in parallel. 0: one segment per sequence (no segment-state passes at all)
+  warps, stages   num_warps / num_stages of the walk
+  BKS, BVS        key / value tiles of the segment-sum and segment-scan passes (run only when a sequence has more
+                  than one segment); warps_seg / stages_seg their launch parameters
 `la2_tuned.json` beside this file (written by benchmarks/tune_la2.py on a GPU) overrides the heuristic per key
 "<dtype>/D<D>/E<E>/<class>", class from the number of (sequence, head) pairs: few (<= 32), mid (<= 128), many.
+A tuned or overriding phase config is merged over the heuristic of its own ALGO; a tuned phase of another ALGO than
+the override's is ignored.
 """
 
 import functools
@@ -57,10 +70,33 @@ def heuristic(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
     return {"fwd": fwd, "bwd": bwd}
 
 
+def heuristic_fused(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
+    """Defaults of the "fused" algorithm (not yet measured on a GPU): whole state of a 128 x 128 head in registers
+    with 8 warps and a 64-token chunk; segments of 4,096 tokens where few (sequence, head) pairs would leave SMs
+    idle. Wide heads (> 128) and fp32 halve the chunk and the value tile (shared memory of the dot operands)."""
+    BD = max(32, triton.next_power_of_2(D))
+    BE = max(32, triton.next_power_of_2(E))
+    wide = max(BD, BE) > 128 or dtype == torch.float32
+    big = max(BD, BE) >= 128
+    phase = dict(ALGO="fused", BT=32 if wide else 64, BV=min(64 if wide else 128, max(BD, BE)),
+                 SEGT=0 if shape_class(nh) == "many" else 4096, warps=8 if big else 4, stages=2,
+                 BKS=min(64 if wide else 128, BD), BVS=min(64 if wide else 128, BE), warps_seg=8 if big else 4,
+                 stages_seg=2)
+    return {"fwd": dict(phase), "bwd": dict(phase)}
+
+
+ALGOS = ("chunk", "fused")
+
+
 def get_config(D: int, E: int, dtype: torch.dtype, nh: int, override: dict | None = None) -> dict:
-    cfg = heuristic(D, E, dtype, nh)
+    """Heuristic of each phase's ALGO, then the tuned table (when of the same ALGO), then `override`."""
     tuned = _tuned().get(table_key(dtype, D, E, nh), {})
-    for src in (tuned, override or {}):
-        for phase in ("fwd", "bwd"):
-            cfg[phase].update(src.get(phase, {}))
+    cfg = {}
+    for phase in ("fwd", "bwd"):
+        t, o = tuned.get(phase, {}), (override or {}).get(phase, {})
+        algo = o.get("ALGO", t.get("ALGO", "chunk"))
+        if algo not in ALGOS:
+            raise ValueError(f"la2 config: {phase} ALGO must be one of {ALGOS}, got {algo!r}")
+        base = (heuristic if algo == "chunk" else heuristic_fused)(D, E, dtype, nh)[phase]
+        cfg[phase] = {**base, **(t if t.get("ALGO", "chunk") == algo else {}), **o, "ALGO": algo}
     return cfg

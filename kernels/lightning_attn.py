@@ -1,9 +1,14 @@
-"""Host side of Lightning Attention-2: launches the chunked kernels and wraps them in an autograd Function.
+"""Host side of Lightning Attention-2: launches the kernels and wraps them in an autograd Function.
 
 Inputs are validated by tnl.ops (Contract 1); this module only checks what the kernels themselves need.
-Forward: state pass (sequential over chunks, parallel over sequence x head x D-tile x E-tile) then output pass
-(parallel over chunks). Backward recomputes the chunk states instead of keeping them (memory), runs the reverse
-state-gradient pass, then the parallel dq/dk/dv pass.
+Two algorithms, chosen per phase by the config key ALGO (la2_config):
+- "chunk" (default): forward = state pass (sequential over chunks, parallel over sequence x head x D-tile x E-tile)
+  then output pass (parallel over chunks). Backward recomputes the chunk states instead of keeping them (memory),
+  runs the reverse state-gradient pass, then the parallel dq/dk/dv pass.
+- "fused" (la2_fused.py): one walk over the chunks of each segment with the state in registers; forward
+  o = walk(q, k, v); backward dq = walk(dO, v, k), dv = walk(k, q, dO, reversed), dk = walk(v, dO, q, reversed).
+  States cross segments through a segment-sum pass and a scan; the forward keeps its (small) segment states for the
+  backward when the backward cuts segments the same way.
 """
 
 import torch
@@ -11,6 +16,7 @@ import triton
 
 from .la2_bwd import la2_bwd_dqkv_kernel, la2_bwd_dstate_kernel
 from .la2_config import get_config
+from .la2_fused import la2_segscan_kernel, la2_segsum_kernel, la2_walk_kernel
 from .la2_fwd import la2_fwd_out_kernel, la2_fwd_state_kernel, la2_seg_scan_kernel
 
 
@@ -59,6 +65,17 @@ class _Plan:
         self.grid_bh = self.H if self.varlen else self.B * self.H
         self.cfg = get_config(self.D, self.E, q.dtype, self.N * self.H, override)
         self._tables = {}
+        self._segs = {}
+
+    def fused_segments(self, c):
+        """Segments of the fused walks for phase config c: an object with SEGTOK (tokens per segment, a multiple of
+        BT), NSEG (segments per row; dense only), n_seg (walk programs per head and value tile), n_bnd (inner
+        boundaries = stored states per head), and for varlen the tables seg_idx, bnd_idx, boff (else None)."""
+        BT, SEGT = c["BT"], c.get("SEGT", 0)
+        SEGTOK = max(1, SEGT // BT) * BT if SEGT > 0 else (1 << 30)
+        if SEGTOK not in self._segs:
+            self._segs[SEGTOK] = _fused_segments(self, SEGTOK)
+        return self._segs[SEGTOK]
 
     def chunks(self, BT):
         """(chunk_offsets, chunk_indices, number of chunks, output-grid size along chunks, most chunks in one
@@ -152,18 +169,128 @@ def _backward(plan, q, k, v, slope, h0, do, dht, cu_seqlens, need_dh0):
     return dq, dk, dv, dh0
 
 
+class _FusedSegs:
+    def __init__(self, SEGTOK, NSEG, n_seg, n_bnd, seg_idx=None, bnd_idx=None, boff=None):
+        self.SEGTOK, self.NSEG, self.n_seg, self.n_bnd = SEGTOK, NSEG, n_seg, n_bnd
+        self.seg_idx, self.bnd_idx, self.boff = seg_idx, bnd_idx, boff
+
+
+def _fused_segments(plan, SEGTOK):
+    if not plan.varlen:
+        NSEG = max(1, triton.cdiv(plan.T, SEGTOK))
+        return _FusedSegs(SEGTOK, NSEG, plan.B * NSEG, plan.B * (NSEG - 1))
+    cu = plan.cu_seqlens
+    lens = (cu[1:] - cu[:-1]).long()
+    nseg = ((lens + SEGTOK - 1) // SEGTOK).clamp(min=1)
+    n_seg, n_bnd = (int(x) for x in torch.stack([nseg.sum(), nseg.sum() - nseg.numel()]).tolist())
+    docs = torch.arange(len(lens), device=cu.device)
+
+    def table(counts, total):
+        off = torch.cumsum(counts, 0) - counts
+        doc = torch.repeat_interleave(docs, counts, output_size=total)
+        local = torch.arange(total, device=cu.device) - off[doc]
+        return torch.stack([doc, local], 1).to(torch.int32).contiguous(), off.to(torch.int32).contiguous()
+
+    seg_idx, _ = table(nseg, n_seg)
+    bnd_idx, boff = table(nseg - 1, n_bnd)
+    return _FusedSegs(SEGTOK, 1, n_seg, n_bnd, seg_idx, bnd_idx, boff)
+
+
+def _st4(x, transpose=False):
+    """Strides (row, head, key, value) of a (rows, H, D, E) state tensor, read as D x E or (transpose) E x D."""
+    if x is None:
+        return 0, 0, 0, 0
+    a, b, d, e = x.stride()
+    return (a, b, e, d) if transpose else (a, b, d, e)
+
+
+def _seg_states(plan, segs, c, k, v, slope, init, reverse):
+    """True states at every inner segment boundary, (n_bnd, H, DK, DV) fp32: forward, the state entering each
+    segment but the first (k, v = k, v; init = initial state); reverse, the gradient entering each segment but the
+    last from the right (k, v = q, dO; init = final-state gradient)."""
+    DK, DV = k.shape[-1], v.shape[-1]
+    buf = torch.empty((segs.n_bnd, plan.H, DK, DV), dtype=torch.float32, device=k.device)
+    BK = min(c["BKS"], max(32, triton.next_power_of_2(DK)))
+    BV = min(c["BVS"], max(32, triton.next_power_of_2(DV)))
+    tiles = triton.cdiv(DK, BK) * triton.cdiv(DV, BV)
+    common = dict(HAS_DECAY=slope is not None, REVERSE=reverse, IS_VARLEN=plan.varlen)
+    args = (k, v, buf, slope, plan.cu_seqlens, segs.bnd_idx, *_strides(k), *_strides(v), plan.T, segs.NSEG,
+            segs.SEGTOK, plan.H, DK, DV, c["BT"], BK, BV)
+    _launch(la2_segsum_kernel, (segs.n_bnd * plan.H * tiles,), args, dict(common, PREC=_prec(k.dtype)),
+            c["warps_seg"], c["stages_seg"])
+    args = (buf, init, slope, plan.cu_seqlens, segs.boff, plan.T, segs.NSEG, segs.SEGTOK, plan.H, DK, DV, BK, BV)
+    _launch(la2_segscan_kernel, (plan.N * plan.H * tiles,), args, dict(common, USE_INIT=init is not None),
+            c["warps_seg"], 1)
+    return buf
+
+
+def _walk(plan, segs, c, q, k, v, o, state, init, fin, slope, reverse, transpose):
+    """o <- the walk over (q, k, v) (see la2_fused); state/init/fin are (.., H, DK, DV) fp32 (transpose: stored
+    as (.., H, DV, DK), the forward orientation, and read transposed in place)."""
+    DK, DV = q.shape[-1], v.shape[-1]
+    BD = max(32, triton.next_power_of_2(DK))
+    BV = max(32, min(c["BV"], triton.next_power_of_2(DV)))
+    grid = (segs.n_seg * plan.H * triton.cdiv(DV, BV),)
+    args = (q, k, v, o, state, init, fin, slope, plan.cu_seqlens, segs.seg_idx, segs.boff,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+            *_st4(state, transpose), *_st4(init, transpose), *_st4(fin),
+            plan.T, segs.NSEG, segs.SEGTOK, plan.H, DK, DV, c["BT"], BD, BV)
+    kwargs = dict(HAS_DECAY=slope is not None, USE_STATE=state is not None, USE_INIT=init is not None,
+                  STORE_FIN=fin is not None, REVERSE=reverse, IS_VARLEN=plan.varlen, PREC=_prec(q.dtype))
+    _launch(la2_walk_kernel, grid, args, kwargs, c["warps"], c["stages"])
+
+
+def _forward_fused(plan, q, k, v, slope, h0, output_final_state):
+    """(o, final state or None, segment states for the backward or None)."""
+    c = plan.cfg["fwd"]
+    segs = plan.fused_segments(c)
+    state = _seg_states(plan, segs, c, k, v, slope, h0, reverse=False) if segs.n_bnd else None
+    o = torch.empty((plan.B, plan.T, plan.H, plan.E), dtype=q.dtype, device=q.device)
+    ht = torch.empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32, device=q.device) \
+        if output_final_state else None
+    _walk(plan, segs, c, q, k, v, o, state, h0, ht, slope, reverse=False, transpose=False)
+    return o, ht, (segs.SEGTOK, state)
+
+
+def _backward_fused(plan, q, k, v, slope, h0, do, dht, need_dh0, saved):
+    c = plan.cfg["bwd"]
+    segs = plan.fused_segments(c)
+    state = None
+    if segs.n_bnd:
+        if saved is not None and saved[0] == segs.SEGTOK and saved[1] is not None:
+            state = saved[1]
+        else:
+            state = _seg_states(plan, segs, c, k, v, slope, h0, reverse=False)
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    _walk(plan, segs, c, do, v, k, dq, state, h0, None, slope, reverse=False, transpose=True)
+    del state
+    gstate = _seg_states(plan, segs, c, q, do, slope, dht, reverse=True) if segs.n_bnd else None
+    dh0 = torch.empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32, device=q.device) if need_dh0 else None
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    _walk(plan, segs, c, k, q, do, dv, gstate, dht, dh0, slope, reverse=True, transpose=False)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    _walk(plan, segs, c, v, do, q, dk, gstate, dht, None, slope, reverse=True, transpose=True)
+    return dq, dk, dv, dh0
+
+
 class LightningAttnFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slope, initial_state, output_final_state, cu_seqlens, config):
         plan = _Plan(q, v, cu_seqlens, config)
-        o, ht = _forward(plan, q, k, v, slope, initial_state, output_final_state, cu_seqlens)
-        ctx.save_for_backward(q, k, v, slope, initial_state, cu_seqlens)
-        ctx.plan = plan
+        segtok, seg_states = None, None
+        if plan.cfg["fwd"]["ALGO"] == "fused":
+            o, ht, (segtok, seg_states) = _forward_fused(plan, q, k, v, slope, initial_state, output_final_state)
+        else:
+            o, ht = _forward(plan, q, k, v, slope, initial_state, output_final_state, cu_seqlens)
+        if plan.cfg["bwd"]["ALGO"] != "fused":
+            seg_states = None
+        ctx.save_for_backward(q, k, v, slope, initial_state, cu_seqlens, seg_states)
+        ctx.plan, ctx.segtok = plan, segtok
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, slope, h0, cu_seqlens = ctx.saved_tensors
+        q, k, v, slope, h0, cu_seqlens, seg_states = ctx.saved_tensors
         if do is None:
             do = torch.zeros_like(v)
         if do.stride(-1) != 1:
@@ -171,7 +298,11 @@ class LightningAttnFunction(torch.autograd.Function):
         if dht is not None:
             dht = dht.float().contiguous()
         need_dh0 = h0 is not None and ctx.needs_input_grad[4]
-        dq, dk, dv, dh0 = _backward(ctx.plan, q, k, v, slope, h0, do, dht, cu_seqlens, need_dh0)
+        if ctx.plan.cfg["bwd"]["ALGO"] == "fused":
+            dq, dk, dv, dh0 = _backward_fused(ctx.plan, q, k, v, slope, h0, do, dht, need_dh0,
+                                              (ctx.segtok, seg_states))
+        else:
+            dq, dk, dv, dh0 = _backward(ctx.plan, q, k, v, slope, h0, do, dht, cu_seqlens, need_dh0)
         return dq, dk, dv, None, dh0, None, None, None
 
 
@@ -185,7 +316,8 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
     cu_seqlens: None or int32 (N+1,) document offsets packed along T (B == 1); the state resets at each boundary.
     Returns (o with v's shape and q's dtype, final_state float32 (N, H, D, E) or None).
     Differentiable in q, k, v and initial_state. Expects inputs already validated by tnl.ops.
-    config: optional {"fwd": {...}, "bwd": {...}} overriding block sizes (see la2_config; used by the tuner).
+    config: optional {"fwd": {...}, "bwd": {...}} overriding block sizes and the algorithm per phase
+    ({"ALGO": "fused", ...}; see la2_config; used by the tuner).
     """
     B, H = q.shape[0], q.shape[2]
     if (H if cu_seqlens is not None else B * H) > 65535:

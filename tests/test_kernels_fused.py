@@ -1,0 +1,132 @@
+"""The "fused" LA2 algorithm (kernels/la2_fused.py: segment walks) on CPU through Triton's interpreter.
+
+Each case forces the path with config={"fwd": {"ALGO": "fused", ...}, "bwd": {...}} and compares the output, the
+final state and every gradient (q, k, v, initial state) with the float64 step recurrence of tnl.reference, on fresh
+seeded random inputs. Chunks (BT) and segments (SEGT) are tiny so that every case crosses several chunks and, where
+named, several segments; NaN-poisoned buffers catch unwritten elements. bf16 is GPU-only (the interpreter's bf16
+tl.dot is wrong): tests/test_kernels_gpu.py.
+"""
+
+import pytest
+import torch
+
+if torch.cuda.is_available():
+    pytest.skip("interpreter tests run on CPU-only machines", allow_module_level=True)
+
+import tnl_kernels  # noqa: E402
+from numerics import rel_err  # noqa: E402
+from tnl.reference import lightning_attn_recurrent  # noqa: E402
+from tnl_kernels.la2_config import get_config  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("poison_empty")
+
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3}  # fp32: "ieee" products; fp16 rounds every product's operands
+
+
+def fused(**kw):
+    return {"ALGO": "fused", "BT": 16, "SEGT": 32, **kw}
+
+
+def run(B, T, H, D, E, dtype, decay, with_h0, cu, config, seed, with_final=True, strided=False):
+    """Kernel vs float64 recurrence for forward and all gradients; returns the relative errors."""
+    g = torch.Generator().manual_seed(seed)
+    if strided:  # q, k, v as views of one fused projection, q from a (B, H, T, D) tensor: read in place
+        fused_qkv = torch.randn(B, T, H, 2 * D + E, generator=g).to(dtype)
+        q = torch.randn(B, H, T, D, generator=g).to(dtype).transpose(1, 2)
+        k, v = fused_qkv[..., D:2 * D], fused_qkv[..., 2 * D:]
+        assert not q.is_contiguous() and not k.is_contiguous() and not v.is_contiguous()
+    else:
+        q, k = (torch.randn(B, T, H, D, generator=g).to(dtype) for _ in range(2))
+        v = torch.randn(B, T, H, E, generator=g).to(dtype)
+    slope = (torch.rand(H, generator=g) * 0.4 + 0.01) if decay else None
+    cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
+    N = B if cu is None else len(cu) - 1
+    h0 = torch.randn(N, H, D, E, generator=g) if with_h0 else None
+
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    h0l = None if h0 is None else h0.clone().requires_grad_()
+    o, ht = tnl_kernels.lightning_attn_triton(*leaves, slope, h0l, with_final, cu_t, config=config)
+    assert o.dtype == dtype and o.shape == v.shape
+    do = torch.randn(o.shape, generator=g).to(dtype)
+    outs, grads = [o], [do]
+    if with_final:
+        assert ht.dtype == torch.float32 and ht.shape == (N, H, D, E)
+        outs.append(ht)
+        grads.append(torch.randn(ht.shape, generator=g))
+    else:
+        assert ht is None
+    torch.autograd.backward(outs, grads)
+
+    r = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    rh0 = None if h0 is None else h0.double().requires_grad_()
+    ro, rht = lightning_attn_recurrent(*r, slope, rh0, cu_t)
+    torch.autograd.backward([ro, rht][: len(outs)], [x.double() for x in grads])
+    errs = {"o": rel_err(o, ro), "dq": rel_err(leaves[0].grad, r[0].grad),
+            "dk": rel_err(leaves[1].grad, r[1].grad), "dv": rel_err(leaves[2].grad, r[2].grad)}
+    if with_final:
+        errs["final_state"] = rel_err(ht, rht)
+    if h0 is not None:
+        errs["d_initial_state"] = rel_err(h0l.grad, rh0.grad)
+    tol = TOL[dtype]
+    bad = {n: e for n, e in errs.items() if not e <= tol}  # `not <=` also catches NaN
+    assert not bad, f"relative errors above {tol}: {bad} (all: {errs})"
+    return errs
+
+
+F = fused()
+CASES = {
+    # name: (B, T, H, D, E, dtype, decay, initial_state, cu_seqlens, fwd config, bwd config)
+    "T1_h0": (2, 1, 2, 16, 16, torch.float32, True, True, None, F, F),
+    "T70_3seg_h0": (2, 70, 2, 16, 32, torch.float32, True, True, None, F, F),
+    "T70_E48_nodecay_fp16": (2, 70, 2, 32, 48, torch.float16, False, False, None, F, F),
+    "T45_one_segment_D32_fp16": (1, 45, 2, 32, 32, torch.float16, True, True, None, fused(SEGT=0), fused(SEGT=0)),
+    "E48_value_tiles": (1, 50, 1, 16, 48, torch.float32, True, True, None, fused(BV=32), fused(BV=32, SEGT=16)),
+    "D48_E80_masked": (1, 40, 1, 48, 80, torch.float32, True, True, None, F, F),
+    "packed_1tok_docs_h0": (1, 83, 2, 16, 32, torch.float32, True, True, [0, 1, 40, 41, 42, 83], fused(SEGT=16),
+                            fused(SEGT=16)),
+    "packed_empty_doc_nodecay_fp16": (1, 100, 2, 32, 16, torch.float16, False, True, [0, 65, 65, 66, 100], F, F),
+    "packed_all_1tok": (1, 3, 1, 16, 16, torch.float32, True, True, [0, 1, 2, 3], F, F),
+    # the backward cuts other segments than the forward: its segment states are recomputed, not reused
+    "bwd_other_segments": (1, 90, 2, 16, 16, torch.float32, True, True, [0, 7, 90], F, fused(BT=32, SEGT=64)),
+    # one phase fused, the other the chunked algorithm
+    "fwd_fused_bwd_chunk": (2, 40, 2, 16, 32, torch.float32, True, True, None, F, {"BT": 16}),
+    "fwd_chunk_bwd_fused": (1, 60, 2, 16, 32, torch.float16, True, True, [0, 20, 60], {"BT": 16}, F),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fused_matches_recurrence(name):
+    B, T, H, D, E, dtype, decay, with_h0, cu, cf, cb = CASES[name]
+    run(B, T, H, D, E, dtype, decay, with_h0, cu, {"fwd": cf, "bwd": cb}, sum(map(ord, name)))
+
+
+def test_fused_strided_inputs_no_final_state():
+    run(2, 37, 2, 16, 32, torch.float32, True, False, None, {"fwd": F, "bwd": F}, 5, with_final=False,
+        strided=True)
+
+
+def test_fused_summed_output_stride0_grad():
+    """o.sum() backward hands the kernel a grad_output with zero strides."""
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(1, 50, 2, 16, generator=g).requires_grad_() for _ in range(3))
+    slope = torch.tensor([0.1, 0.3])
+    o, _ = tnl_kernels.lightning_attn_triton(q, k, v, slope, None, False, None, config={"fwd": F, "bwd": F})
+    o.sum().backward()
+    r = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    lightning_attn_recurrent(*r, slope)[0].sum().backward()
+    for a, b in zip((q, k, v), r):
+        assert rel_err(a.grad, b.grad) < TOL[torch.float32]
+
+
+def test_fused_config_merging(monkeypatch):
+    """A fused override starts from the fused heuristic, not from a tuned chunk entry; bad ALGO is an error."""
+    import tnl_kernels.la2_config as la2c
+
+    chunk_entry = {"fwd": {"BT": 128, "BV": 64, "warps_s": 4}, "bwd": {"BT": 64}}
+    monkeypatch.setattr(la2c, "_tuned", lambda: {la2c.table_key(torch.bfloat16, 128, 128, 16): chunk_entry})
+    cfg = get_config(128, 128, torch.bfloat16, 16, {"fwd": {"ALGO": "fused", "SEGT": 2048}})
+    assert cfg["fwd"]["ALGO"] == "fused" and cfg["fwd"]["BT"] == 64 and cfg["fwd"]["BV"] == 128
+    assert cfg["fwd"]["SEGT"] == 2048 and "warps_s" not in cfg["fwd"]
+    assert cfg["bwd"] == {**la2c.heuristic(128, 128, torch.bfloat16, 16)["bwd"], "BT": 64, "ALGO": "chunk"}
+    with pytest.raises(ValueError, match="ALGO"):
+        get_config(64, 64, torch.float16, 4, {"bwd": {"ALGO": "fast"}})
