@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from procs import repo_env
 
 import tnl.data.pipeline as prep
 from tnl.data import DataError, PackedLoader, is_prepared, load_tokenizer, prepare, read_manifest
@@ -240,7 +241,7 @@ def test_cli_bad_input_one_line_no_traceback(tmp_path, case):
     args = ["data.vocab_sise=3"] if case == "unknown_override" else []
     args += [f"data.inputs=[{inputs[0]}]", f"data.dir={tmp_path / 'out'}", "data.vocab_size=400"]
     args += [f"+data.{k}={v}" for k, v in extra.items()]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = repo_env()
     r = subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_data.py"), "data=demo", *args],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert r.returncode == 2, r.stderr

@@ -5,7 +5,6 @@ one-line CLI errors. One tiny run (tnl_tiny, 2 steps on a generated corpus) is t
 import json
 import lzma
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from procs import repo_env
 
 from tnl.eval import cli
 from tnl.eval.harness import encode_pair, evaluate_task, loglikelihoods
@@ -38,7 +38,7 @@ def run_dir(tmp_path_factory) -> Path:
         for _ in range(120):
             f.write(json.dumps({"text": "\n".join(make_text(rng, 30) for _ in range(3))}) + "\n")
     run = root / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = repo_env(OMP_NUM_THREADS="1")
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "model=tnl_tiny", "data=demo",
            f"data.inputs=[{root / 'corpus.jsonl'}]", f"data.dir={root / 'data'}", "data.vocab_size=300",
            "data.val_fraction=0.2", "deepspeed=zero0", "trainer.max_steps=2", "trainer.micro_batch_size=2",

@@ -4,13 +4,13 @@ run on one process step for step: same data, same loss at every step (fp32), sam
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from procs import repo_env
 
 from tnl.train.config import ConfigError, compose, to_dict
 
@@ -39,7 +39,7 @@ def _launch(args: list[str], ranks: int) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "scripts/train.py", *args] if ranks == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(_port()),
         "scripts/train.py", *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = repo_env(OMP_NUM_THREADS="1")
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 

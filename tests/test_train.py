@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from procs import repo_env
 from torch import nn
 
 from tnl.train import checkpoint, dist
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = repo_env()
     return subprocess.run([sys.executable, str(REPO / "scripts/train.py"), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

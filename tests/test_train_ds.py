@@ -5,7 +5,6 @@ for data preparation on first use and the clear errors."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from procs import repo_env
 
 from tnl.train.config import compose, to_dict
 
@@ -48,7 +48,7 @@ def launch(args: list[str], env: dict | None = None, ranks: int = 2, torchrun: b
                str(_port()), "scripts/train.py", *args]
     else:
         cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(_port()), "scripts/train.py", *args]
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = repo_env(OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
 
 
