@@ -6,11 +6,13 @@ segments of SEGTOK tokens (a multiple of the chunk length BT; the last one may b
 `la2_walk_kernel` (grid: segments x heads x value-tiles, 1-D) keeps the true state (whole key dim x one value tile,
 fp32) in registers, starting from the state entering its segment, and walks the segment's chunks in order:
     o_chunk = ((q k^T) * M) v + diag(lam^(j+1)) q S ;   S <- lam^L S + (k * lam^(L-1-i))^T v
-so q, k, v are read once and o written once: no per-chunk state goes to memory. REVERSE walks the chunks from the
-segment's end to its start with the transposed mask, the anti-causal form the backward needs:
+so q, k, v are read once and o written once: no per-chunk state goes to memory. REVERSE computes the anti-causal
+form the backward needs (i, j local to a chunk, in time order):
     o_i = sum_{j>=i} lam^(j-i) (q_i . k_j) v_j + lam^(L-1-i) q_i R ;   R <- lam^L R + sum_j lam^(j+1) k_j^T v_j
 where R entering the last chunk of a sequence is the final-state gradient and R leaving position 0 is the gradient
-of the initial state (the convention of la2_bwd.py's dS0). With roles swapped the same kernel gives all gradients:
+of the initial state (the convention of la2_bwd.py's dS0). It runs as the same loop over a time-reversed view of the
+segment (base at its last token, negated token strides; chunks counted from its end), where with j' = L-1-j the two
+weights read lam^(j') and lam^(L-j'): only those exponents differ from the forward walk. With roles swapped the same kernel gives all gradients:
     dq = walk(dO, v, k), state S^T;  dv = walk(k, q, dO, REVERSE), state G;  dk = walk(v, dO, q, REVERSE), state G^T.
 
 The state entering each segment comes from `la2_segsum_kernel` (each segment's own contribution, read k, v once)
@@ -54,7 +56,7 @@ def la2_walk_kernel(
 ):
     """Grid (segments * H * cdiv(DV, BV),). q, k: (.., DK); v, o: (.., DV). state/init/fin addressed as
     [row|sequence, head, key, value] through the strides given (a transposed view costs nothing)."""
-    NV: tl.constexpr = (DV + BV - 1) // BV
+    NV = (DV + BV - 1) // BV
     pid = tl.program_id(0)
     i_v = pid % NV
     i_h = (pid // NV) % H
@@ -79,11 +81,18 @@ def la2_walk_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < DK
     m_v = o_v < DV
-    tok0 = bos + lo  # int64
+    # REVERSE walks the segment backwards in time: the same loop over a reversed view (last token first, negative
+    # token strides), so chunk c and row j below count from the segment's end and the mask stays lower-triangular.
+    if REVERSE:
+        tok0 = bos + lo + tl.maximum(n_tok - 1, 0)  # int64
+    else:
+        tok0 = bos + lo
     p_q = q + i_b * s_qb + tok0 * s_qt + i_h * s_qh
     p_k = k + i_b * s_kb + tok0 * s_kt + i_h * s_kh
     p_v = v + i_b * s_vb + tok0 * s_vt + i_h * s_vh
     p_o = o + i_b * s_ob + tok0 * s_ot + i_h * s_oh
+    if REVERSE:
+        s_qt, s_kt, s_vt, s_ot = -s_qt, -s_kt, -s_vt, -s_ot
 
     # the state entering the segment: a stored boundary state, or the sequence's initial state / final gradient
     # (scalar conditions enter masks as a key-dim limit: `mask & scalar` breaks the interpreter's masked load)
@@ -108,21 +117,16 @@ def la2_walk_kernel(
         b_s += tl.load(init + i_n.to(tl.int64) * s_in + i_h * s_ih + o_k[:, None] * s_ik + o_v[None, :] * s_iv,
                        mask=(o_k[:, None] < tl.where(edge, DK, 0)) & m_v[None, :], other=0.0)
 
-    if REVERSE:
-        keep = o_t[None, :] >= o_t[:, None]
-        diff = tl.where(keep, o_t[None, :] - o_t[:, None], 0).to(tl.float32)
-    else:
-        keep = o_t[:, None] >= o_t[None, :]
-        diff = tl.where(keep, o_t[:, None] - o_t[None, :], 0).to(tl.float32)
+    keep = o_t[:, None] >= o_t[None, :]
     if HAS_DECAY:
         b_slope = tl.load(slope + i_h)
-        b_m = tl.where(keep, tl.exp(-b_slope * diff), 0.0)
-        w_full = tl.exp(-b_slope * (o_t + 1).to(tl.float32))  # lam^(j+1)
-    for r in range(0, nc):
+        b_m = tl.where(keep, tl.exp(-b_slope * tl.where(keep, o_t[:, None] - o_t[None, :], 0).to(tl.float32)), 0.0)
+        # forward: lam^(j+1) q_j S and lam^(L-1-j) k_j^T v_j; reversed view: lam^j and lam^(L-j) (see module doc)
         if REVERSE:
-            c = nc - 1 - r
+            w_o = tl.exp(-b_slope * o_t.to(tl.float32))
         else:
-            c = r
+            w_o = tl.exp(-b_slope * (o_t + 1).to(tl.float32))
+    for c in range(0, nc):
         t = c * BT + o_t
         m_t = t < n_tok
         m_tk = m_t[:, None] & m_k[None, :]
@@ -131,23 +135,21 @@ def la2_walk_kernel(
         b_k = tl.load(p_k + t[:, None] * s_kt + o_k[None, :], mask=m_tk, other=0.0)
         b_v = tl.load(p_v + t[:, None] * s_vt + o_v[None, :], mask=m_tv, other=0.0)
         b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-        b_o = tl.dot(b_q, b_s.to(b_q.dtype), input_precision=PREC)
         if HAS_DECAY:
             L = tl.minimum(n_tok - c * BT, BT).to(tl.float32)
-            w_tail = tl.where(m_t, tl.exp(-b_slope * tl.where(m_t, L - 1.0 - o_t, 0.0)), 0.0)  # lam^(L-1-i)
             if REVERSE:
-                w_o = w_tail
-                w_s = tl.where(m_t, w_full, 0.0)
+                e_s = tl.where(m_t, L - o_t, 0.0)
             else:
-                w_o = w_full
-                w_s = w_tail
-            b_a = b_a * b_m
-            b_o = b_o * w_o[:, None] + tl.dot(b_a.to(b_v.dtype), b_v, input_precision=PREC)
+                e_s = tl.where(m_t, L - 1.0 - o_t, 0.0)
+            w_s = tl.where(m_t, tl.exp(-b_slope * e_s), 0.0)
+            b_o = tl.dot((b_a * b_m).to(b_v.dtype), b_v, input_precision=PREC)
+            # the state's share, rows scaled on the operand so that both products share one accumulator
+            b_o = tl.dot((b_q * w_o[:, None]).to(b_q.dtype), b_s.to(b_q.dtype), b_o, input_precision=PREC)
             b_vw = (b_v * w_s[:, None]).to(b_k.dtype)
             b_s = b_s * tl.exp(-b_slope * L) + tl.dot(tl.trans(b_k), b_vw, input_precision=PREC)
         else:
-            b_a = tl.where(keep, b_a, 0.0)
-            b_o += tl.dot(b_a.to(b_v.dtype), b_v, input_precision=PREC)
+            b_o = tl.dot(tl.where(keep, b_a, 0.0).to(b_v.dtype), b_v, input_precision=PREC)
+            b_o = tl.dot(b_q, b_s.to(b_q.dtype), b_o, input_precision=PREC)
             b_s += tl.dot(tl.trans(b_k), b_v, input_precision=PREC)
         tl.store(p_o + t[:, None] * s_ot + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
     if STORE_FIN:
@@ -170,8 +172,8 @@ def la2_segsum_kernel(
     """Grid (boundaries * H * cdiv(DK,BK) * cdiv(DV,BV),). buf[r, h] <- one segment's own contribution to the state
     at boundary r: forward segment j, sum_t lam^(end-1-t) k_t^T v_t; REVERSE segment j+1, sum_t lam^(t-start+1)
     k_t^T v_t (t relative to the segment). buf is (rows, H, DK, DV) fp32 contiguous."""
-    NK: tl.constexpr = (DK + BK - 1) // BK
-    NV: tl.constexpr = (DV + BV - 1) // BV
+    NK = (DK + BK - 1) // BK
+    NV = (DV + BV - 1) // BV
     pid = tl.program_id(0)
     i_v = pid % NV
     i_k = (pid // NV) % NK
@@ -227,8 +229,8 @@ def la2_segscan_kernel(
     (forward: entering segment j+1 = lam^SEGTOK (entering j) + own(j), from init = initial state at segment 0;
     REVERSE: gradient entering segment j from the right = lam^(tokens of j+1) (entering j+1) + own(j+1), from
     init = final-state gradient at the last segment). init is (N, H, DK, DV) fp32 contiguous."""
-    NK: tl.constexpr = (DK + BK - 1) // BK
-    NV: tl.constexpr = (DV + BV - 1) // BV
+    NK = (DK + BK - 1) // BK
+    NV = (DV + BV - 1) // BV
     pid = tl.program_id(0)
     i_v = pid % NV
     i_k = (pid // NV) % NK
