@@ -18,8 +18,9 @@ Keys of a "fused" phase config (the backward runs three walks, dq forward, dv an
   SEGT            target tokens per segment (rounded down to a multiple of BT); segments of a sequence are walked
                   in parallel. 0: one segment per sequence (no segment-state passes at all)
   warps, stages   num_warps / num_stages of the walk
-  BKS, BVS        key / value tiles of the segment-sum and segment-scan passes (run only when a sequence has more
-                  than one segment); warps_seg / stages_seg their launch parameters
+  BKS, BVS, BTS   key / value tiles and chunk length of the segment-sum pass (BKS, BVS also tile the segment scan;
+                  both run only when a sequence has more than one segment); warps_seg / stages_seg their launch
+                  parameters
 `la2_tuned.json` beside this file (written by benchmarks/tune_la2.py on a GPU) overrides the heuristic per key
 "<dtype>/D<D>/E<E>/<class>", class from the number of (sequence, head) pairs: few (<= 32), mid (<= 128), many.
 A tuned or overriding phase config is merged over the heuristic of its own ALGO; a tuned phase of another ALGO than
@@ -71,16 +72,22 @@ def heuristic(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
 
 
 def heuristic_fused(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
-    """Defaults of the "fused" algorithm (not yet measured on a GPU): whole state of a 128 x 128 head in registers
-    with 8 warps and a 64-token chunk; segments of 4,096 tokens where few (sequence, head) pairs would leave SMs
-    idle. Wide heads (> 128) and fp32 halve the chunk and the value tile (shared memory of the dot operands)."""
+    """Defaults of the "fused" algorithm (not yet timed on a GPU; chosen from sm_90 compiles on CPU, registers and
+    spills in benchmarks/NOTES.md): the whole state of a 128 x 128 head in registers with 8 warps and a 64-token
+    chunk; segments of 4,096 tokens where few (sequence, head) pairs would leave SMs idle. 256-wide heads halve
+    the chunk and the value tile. fp32 ("ieee" products without tensor cores) spills at every tile size: smallest."""
     BD = max(32, triton.next_power_of_2(D))
     BE = max(32, triton.next_power_of_2(E))
-    wide = max(BD, BE) > 128 or dtype == torch.float32
-    big = max(BD, BE) >= 128
-    phase = dict(ALGO="fused", BT=32 if wide else 64, BV=min(64 if wide else 128, max(BD, BE)),
-                 SEGT=0 if shape_class(nh) == "many" else 4096, warps=8 if big else 4, stages=2,
-                 BKS=min(64 if wide else 128, BD), BVS=min(64 if wide else 128, BE), warps_seg=8 if big else 4,
+    big = max(BD, BE)
+    if dtype == torch.float32:
+        walk = dict(BT=16, BV=32, warps=4)
+    elif big > 128:
+        walk = dict(BT=32, BV=64, warps=8)
+    else:
+        walk = dict(BT=64, BV=128, warps=8 if big >= 128 else 4)
+    seg = 64 if dtype == torch.float32 else 128
+    phase = dict(ALGO="fused", **walk, stages=2, SEGT=0 if shape_class(nh) == "many" else 4096,
+                 BKS=min(seg, BD), BVS=min(seg, BE), BTS=64, warps_seg=8 if seg == 128 and big >= 128 else 4,
                  stages_seg=2)
     return {"fwd": dict(phase), "bwd": dict(phase)}
 

@@ -215,7 +215,7 @@ def _seg_states(plan, segs, c, k, v, slope, init, reverse):
     tiles = triton.cdiv(DK, BK) * triton.cdiv(DV, BV)
     common = dict(HAS_DECAY=slope is not None, REVERSE=reverse, IS_VARLEN=plan.varlen)
     args = (k, v, buf, slope, plan.cu_seqlens, segs.bnd_idx, *_strides(k), *_strides(v), plan.T, segs.NSEG,
-            segs.SEGTOK, plan.H, DK, DV, c["BT"], BK, BV)
+            segs.SEGTOK, plan.H, DK, DV, c.get("BTS", c["BT"]), BK, BV)
     _launch(la2_segsum_kernel, (segs.n_bnd * plan.H * tiles,), args, dict(common, PREC=_prec(k.dtype)),
             c["warps_seg"], c["stages_seg"])
     args = (buf, init, slope, plan.cu_seqlens, segs.boff, plan.T, segs.NSEG, segs.SEGTOK, plan.H, DK, DV, BK, BV)

@@ -82,7 +82,7 @@ CASES = {
     "T45_one_segment_D32_fp16": (1, 45, 2, 32, 32, torch.float16, True, True, None, fused(SEGT=0), fused(SEGT=0)),
     "E48_value_tiles": (1, 50, 1, 16, 48, torch.float32, True, True, None, fused(BV=32), fused(BV=32, SEGT=16)),
     "D48_E80_masked": (1, 40, 1, 48, 80, torch.float32, True, True, None, F, F),
-    "packed_1tok_docs_h0": (1, 83, 2, 16, 32, torch.float32, True, True, [0, 1, 40, 41, 42, 83], fused(SEGT=16),
+    "packed_1tok_docs_h0": (1, 83, 2, 16, 32, torch.float32, True, True, [0, 1, 40, 41, 42, 83], fused(SEGT=16, BTS=16),
                             fused(SEGT=16)),
     "packed_empty_doc_nodecay_fp16": (1, 100, 2, 32, 16, torch.float16, False, True, [0, 65, 65, 66, 100], F, F),
     "packed_all_1tok": (1, 3, 1, 16, 16, torch.float32, True, True, [0, 1, 2, 3], F, F),

@@ -31,7 +31,7 @@ def random_cu(T, seed, min_docs=3):
     return torch.tensor([0, *cuts, T], dtype=torch.int32)
 
 
-def run_case(B, T, H, D, E, dtype, decay, with_h0, cu, seed, with_final=True):
+def run_case(B, T, H, D, E, dtype, decay, with_h0, cu, seed, with_final=True, config=None):
     import tnl_kernels
 
     dev = "cuda"
@@ -49,7 +49,7 @@ def run_case(B, T, H, D, E, dtype, decay, with_h0, cu, seed, with_final=True):
 
     leaves = [x.clone().requires_grad_() for x in (q, k, v)]
     h0l = None if h0 is None else h0.clone().requires_grad_()
-    o, ht = tnl_kernels.lightning_attn_triton(*leaves, slope, h0l, with_final, cu)
+    o, ht = tnl_kernels.lightning_attn_triton(*leaves, slope, h0l, with_final, cu, config=config)
     do = torch.randn(o.shape, device=dev, generator=g).to(dtype)
     outs, grads = [o], [do]
     if with_final:
@@ -72,7 +72,7 @@ def run_case(B, T, H, D, E, dtype, decay, with_h0, cu, seed, with_final=True):
     want = {"o": ro, "dq": r[0].grad, "dk": r[1].grad, "dv": r[2].grad, "final_state": rht,
             "d_initial_state": None if rh0 is None else rh0.grad}
     errs = {n: rel(x, want[n]) for n, x in got.items()}
-    print(f"B={B} T={T} H={H} D={D} E={E} {dtype} decay={decay} h0={with_h0} varlen={cu is not None}: "
+    print(f"B={B} T={T} H={H} D={D} E={E} {dtype} decay={decay} h0={with_h0} varlen={cu is not None} {config}: "
           + " ".join(f"{n}={e:.1e}" for n, e in errs.items()))
     tol = TOL[dtype]
     bad = {n: e for n, e in errs.items() if not e <= tol}
@@ -106,6 +106,38 @@ def test_lightning_attn_gpu(name):
     seed = sum(map(ord, name))
     run_case(B, T, H, D, E, dtype, decay, with_h0, random_cu(T, seed) if cu == "cu" else None, seed)
 
+
+# The "fused" algorithm (kernels/la2_fused.py), forced per phase; SEGT (tokens per segment) small enough that long
+# sequences cross many segments. Phase configs merge over the fused heuristic (la2_config.heuristic_fused).
+FUSED = {"ALGO": "fused"}
+FUSED_CASES = {
+    # name: (B, T, H, D, E, dtype, decay, initial_state, cu_seqlens, fwd config, bwd config)
+    "T65536_fewBH_bf16": (1, 65536, 2, 128, 128, torch.bfloat16, True, True, None, FUSED, FUSED),
+    "T65536_D64_nodecay_bf16": (1, 65536, 1, 64, 64, torch.bfloat16, False, False, None, FUSED, FUSED),
+    "T8192_manyBH_seg1024_bf16": (8, 8192, 16, 128, 128, torch.bfloat16, True, True, None,
+                                  {**FUSED, "SEGT": 1024}, {**FUSED, "SEGT": 1024}),
+    "T2048_manyBH_one_segment_bf16": (16, 2048, 16, 128, 128, torch.bfloat16, True, False, None, FUSED, FUSED),
+    "T2048_fp16_bv64": (4, 2048, 16, 128, 128, torch.float16, True, True, None, {**FUSED, "BV": 64},
+                        {**FUSED, "BV": 64, "BT": 32}),
+    "T1_bf16": (3, 1, 4, 128, 128, torch.bfloat16, True, True, None, FUSED, FUSED),
+    "T63_T65_E48": (2, 65, 3, 64, 48, torch.bfloat16, True, True, None, {**FUSED, "SEGT": 32}, FUSED),
+    "D256_bf16": (1, 4096, 4, 256, 256, torch.bfloat16, True, False, None, {**FUSED, "SEGT": 1024}, FUSED),
+    "D256_E48_fp32": (2, 1000, 2, 256, 48, torch.float32, True, True, None, FUSED, FUSED),
+    "T4095_fp32": (2, 4095, 4, 128, 128, torch.float32, True, True, None, {**FUSED, "SEGT": 1024}, FUSED),
+    "packed_bf16": (1, 16384, 4, 128, 128, torch.bfloat16, True, True, "cu", {**FUSED, "SEGT": 2048},
+                    {**FUSED, "SEGT": 2048}),
+    "packed_D32_E16_bf16": (1, 4096, 4, 32, 16, torch.bfloat16, True, True, "cu", {**FUSED, "SEGT": 512}, FUSED),
+    "fwd_fused_bwd_chunk": (2, 5000, 4, 128, 128, torch.bfloat16, True, True, None, FUSED, {}),
+    "fwd_chunk_bwd_fused": (1, 16384, 4, 128, 128, torch.bfloat16, True, True, "cu", {}, FUSED),
+}
+
+
+@pytest.mark.parametrize("name", list(FUSED_CASES))
+def test_lightning_attn_gpu_fused(name):
+    B, T, H, D, E, dtype, decay, with_h0, cu, cf, cb = FUSED_CASES[name]
+    seed = sum(map(ord, name))
+    run_case(B, T, H, D, E, dtype, decay, with_h0, random_cu(T, seed) if cu == "cu" else None, seed,
+             config={"fwd": cf, "bwd": cb})
 
 def test_lightning_attn_gpu_no_final_state():
     run_case(2, 3000, 4, 128, 128, torch.bfloat16, True, False, None, 7, with_final=False)
