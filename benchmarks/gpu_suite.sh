@@ -13,6 +13,9 @@
 #   bash benchmarks/gpu_suite.sh data         # tokenize gutenberg (needs TNL_DATA_ROOT)                       (~1 min)
 #   bash benchmarks/gpu_suite.sh repro tnl    # repro_small for one model (tnl | llama) + held-out eval + tasks
 #   bash benchmarks/gpu_suite.sh compare      # repro_small curves + table from both runs
+#   bash benchmarks/gpu_suite.sh scale tnl_1b 0,1,2,3 100          # data-parallel run on GPUs 0-3 (deepspeed launcher)
+#   bash benchmarks/gpu_suite.sh seqpar tnl_1b 0,1,2,3 524288 3    # sequence parallel, P = 4, 512K context
+#   bash benchmarks/gpu_suite.sh scale_report # scaling table + loss plot from runs/scale_*
 #
 #   bash benchmarks/gpu_suite.sh parallel "tests; train" "decode; throughput" "repro tnl" "repro llama"
 #       runs each quoted group (steps separated by ';') in order on its own GPU (CUDA_VISIBLE_DEVICES=0, 1, ...),
@@ -77,6 +80,37 @@ case $step in
       "$PY" scripts/eval.py --hf "$run/hf" --data-dir "$evals" --tasks all --limit "${LMEVAL_LIMIT:-200}" \
         --backend lm-eval --no-progress --out "$RESULTS/repro_small_${name}_lm_eval.json" || true
     fi ;;
+  scale)
+    # One data-parallel run through the deepspeed launcher on the GPUs listed (e.g. 0,1,2,3): fixed per-GPU batch
+    # (8 x 2048 tokens), ZeRO-2 unless overridden (deepspeed=zero3 for tnl_3b).
+    model=${1:?usage: gpu_suite.sh scale MODEL GPU_LIST STEPS [overrides]}; gpus=${2:?GPU list}; n=$3; shift 3
+    count=$(tr ',' '\n' <<< "$gpus" | wc -l)
+    run=runs/scale_${model}_${count}gpu
+    env -u CUDA_VISIBLE_DEVICES deepspeed --include "localhost:$gpus" --master_port $((29500 + ${gpus%%,*})) \
+      scripts/train.py model=$model data=gutenberg deepspeed=zero2 run_dir=$run trainer.max_steps=$n \
+      trainer.seq_len=2048 trainer.micro_batch_size=8 trainer.grad_accum=1 trainer.save_every=0 trainer.eval_every=0 \
+      trainer.log_every=10 trainer.export_hf=false "$@"
+    cp "$run/metrics.jsonl" "$RESULTS/scale_${model}_${count}gpu_metrics.jsonl" ;;
+  seqpar)
+    # tnl at a long context with sequence parallelism over the GPUs listed (P = their number), activation
+    # checkpointing on; reports tokens/s and the peak memory per GPU in the run's log.
+    model=${1:?usage: gpu_suite.sh seqpar MODEL GPU_LIST SEQ_LEN STEPS [overrides]}; gpus=${2:?GPU list}
+    len=${3:?seq len}; n=${4:?steps}; shift 4
+    count=$(tr ',' '\n' <<< "$gpus" | wc -l)
+    run=runs/seqpar_${model}_${count}gpu_$len
+    env -u CUDA_VISIBLE_DEVICES deepspeed --include "localhost:$gpus" --master_port $((29600 + ${gpus%%,*})) \
+      scripts/train.py model=$model data=gutenberg deepspeed=zero2 run_dir=$run parallel.sequence=$count \
+      trainer.seq_len=$len trainer.micro_batch_size=1 trainer.grad_accum=1 trainer.max_steps=$n trainer.save_every=0 \
+      trainer.eval_every=0 trainer.log_every=1 trainer.export_hf=false trainer.cu_seqlens=true \
+      model.gradient_checkpointing=true "$@"
+    cp "$run/metrics.jsonl" "$RESULTS/seqpar_${model}_${count}gpu_${len}_metrics.jsonl" ;;
+  scale_report)
+    specs=()
+    for d in runs/scale_*gpu; do
+      [[ -f $d/metrics.jsonl ]] || continue
+      b=${d#runs/scale_}; specs+=("${b%_*gpu}:$(sed 's/.*_\([0-9]*\)gpu$/\1/' <<< "$b"):$d")
+    done
+    "$PY" scripts/scaling_report.py --out "$RESULTS/scaling" "${specs[@]}" ;;
   compare)
     "$PY" scripts/compare_runs.py runs/repro_small_tnl runs/repro_small_llama --out "$RESULTS/repro_small" ;;
   parallel)

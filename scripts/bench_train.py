@@ -6,13 +6,15 @@ per step (micro batch B = tokens / T; a context longer than --tokens runs with B
 autocast, fused AdamW, on one CUDA device. A configuration that runs out of memory is reported as OOM and the sweep
 goes on. Writes benchmarks/results/train_<gpu>_<time>.json, .md and .png (tokens/s against context).
 
-    python scripts/bench_train.py --models tnl_385m,llama_385m                  # T = 1K, 2K, ..., 64K at 64K tokens
+    python scripts/bench_train.py --models tnl_385m,llama_385m                  # T = 1K, 2K, ..., 64K at 32K tokens
+    python scripts/bench_train.py --models tnl_385m --seq-lens 2048 --compile --profile 3   # + top GPU kernels
     python scripts/bench_train.py --models tnl_385m --tokens 32768 --seq-lens 2048,8192,32768
     python scripts/bench_train.py --cpu-smoke --out /tmp/bench                  # tiny models, tiny sizes, on CPU
 """
 
 import argparse
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -69,8 +71,27 @@ def measure(model, opt, vocab: int, B: int, T: int, device: torch.device, dtype,
     return out
 
 
+def profile_steps(model, opt, vocab: int, B: int, T: int, device, dtype, steps: int, top: int = 25) -> list[dict]:
+    """The `top` GPU kernels by total time over `steps` training steps (torch.profiler): where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        measure(model, opt, vocab, B, T, device, dtype, 0, steps)
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    rows = sorted(({"kernel": e.key[:90], "calls": e.count, "ms_per_step": e.self_device_time_total / 1000 / steps,
+                    "share": e.self_device_time_total / total} for e in events), key=lambda r: -r["ms_per_step"])
+    return rows[:top]
+
+
+def compile_blocks(model) -> None:
+    """torch.compile each transformer block in place (the LA2 op stays outside the graphs: see tnl.models.tnl)."""
+    for block in model.layers:
+        block.compile()
+
+
 def bench_model(name: str, seq_lens: list[int], tokens: int, device, dtype, warmup: int, steps: int,
-                grad_ckpt: bool, peak) -> list[dict]:
+                grad_ckpt: bool, peak, compile_: bool = False, profile: int = 0) -> list[dict]:
     from tnl.models import build_model
 
     cfg = load_model_cfg(name)
@@ -78,6 +99,8 @@ def bench_model(name: str, seq_lens: list[int], tokens: int, device, dtype, warm
         cfg["gradient_checkpointing"] = True
     torch.manual_seed(0)
     model = build_model(cfg, device=device)
+    if compile_:
+        compile_blocks(model)
     params = sum(p.numel() for p in model.parameters())
     fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, **fused)
@@ -91,9 +114,13 @@ def bench_model(name: str, seq_lens: list[int], tokens: int, device, dtype, warm
             fpt = model.flops_per_token(T)
             row["mfu"] = fpt * row["tokens_per_s"] / peak if peak else None
             row["status"] = "ok"
+            if profile:
+                row["profile"] = profile_steps(model, opt, cfg["vocab_size"], B, T, device, dtype, profile)
         except torch.OutOfMemoryError:
-            opt.zero_grad(set_to_none=True)
             row["status"] = "OOM"
+        # free what a failed step left (gradients, the exception's frames) before the next configuration
+        opt.zero_grad(set_to_none=True)
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         rows.append(row)
@@ -136,6 +163,12 @@ def markdown(rows: list[dict], models: list[str], seq_lens: list[int], meta: dic
         tps = [r["tokens_per_s"] for r in rows if r["model"] == m and r["status"] == "ok"]
         if tps:
             lines.append(f"- {m}: min {min(tps):,.0f}, max {max(tps):,.0f} tokens/s, max/min {max(tps) / min(tps):.3f}")
+    for r in rows:
+        if r.get("profile"):
+            lines += ["", f"Top GPU kernels, {r['model']} T={r['seq_len']} B={r['micro_batch']} "
+                      f"(step {r['step_ms']:.1f} ms):", "", "| kernel | calls | ms/step | share |", "|---|---|---|---|"]
+            lines += [f"| `{k['kernel']}` | {k['calls']} | {k['ms_per_step']:.2f} | {100 * k['share']:.1f}% |"
+                      for k in r["profile"]]
     return "\n".join(lines) + "\n"
 
 
@@ -170,10 +203,13 @@ def parse_args(argv):
     p.add_argument("--models", help="comma list of configs/model names or yaml paths (default: tnl_385m,llama_385m; "
                                     "with --cpu-smoke: tnl_tiny,llama_tiny)")
     p.add_argument("--seq-lens", default=DEFAULT_SEQ_LENS, help="comma list of context lengths")
-    p.add_argument("--tokens", type=int, default=65536, help="tokens per step (micro batch = tokens / context)")
+    p.add_argument("--tokens", type=int, default=32768, help="tokens per step (micro batch = tokens / context)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration (compile, autotune)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing on (gradient_checkpointing)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block (the LA2 op stays eager)")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after timing, profile STEPS more steps and report the top GPU kernels")
     p.add_argument("--peak-flops", type=float, help="per-GPU peak FLOP/s for MFU (default: looked up by GPU name)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="output folder")
     p.add_argument("--tag", default="", help="suffix for the output file names")
@@ -216,14 +252,15 @@ def main(argv=None) -> int:
     rows = []
     for m in args.models:
         rows += bench_model(m, args.seq_lens, args.tokens, device, dtype, args.warmup, args.steps, args.grad_ckpt,
-                            peak)
+                            peak, args.compile, args.profile)
     import triton
 
     cuda = device.type == "cuda"
     meta = {"device_name": device_name, "tokens_per_step": args.tokens, "dtype": str(dtype).replace("torch.", ""),
             "precision": "bf16 autocast, fp32 master weights" if cuda else "fp32",
             "optimizer": "fused AdamW" if cuda else "foreach AdamW",
-            "warmup": args.warmup, "steps": args.steps, "grad_ckpt": args.grad_ckpt, "peak_flops": peak,
+            "warmup": args.warmup, "steps": args.steps, "grad_ckpt": args.grad_ckpt, "compile": args.compile,
+            "peak_flops": peak,
             "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "host": platform.node(),
             "command": " ".join(["python", "scripts/bench_train.py"] + (argv if argv is not None else sys.argv[1:])),

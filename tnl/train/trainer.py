@@ -188,6 +188,8 @@ class Trainer:
                 tps = self.throughput.rate(self.state.tokens)
                 record["tokens_per_s"] = tps
                 record["mfu"] = mfu(self.flops_per_token, tps, self.peak_flops, self.world_size)
+                if torch.cuda.is_available() and torch.cuda.is_initialized():  # this rank's peak so far
+                    record["max_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 if evaluated:
                     record["val_loss"] = self.evaluate()
                     self.throughput.reset(self.state.tokens)  # keep evaluation time out of tokens/s
