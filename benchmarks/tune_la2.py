@@ -1,7 +1,8 @@
 """Tune the LA2 block sizes on this GPU and write kernels/la2_tuned.json (read by tnl_kernels.la2_config).
 
 For each shape class (few / mid / many (sequence, head) pairs at a fixed token count), time candidate forward
-configs (forward alone), keep the best, then candidate backward configs (forward + backward), keep the best. The
+configs (forward alone), keep the best, then candidate backward configs (forward + backward), keep the best.
+Candidates of both algorithms ("chunk" and "fused", key ALGO) compete; the winner's ALGO goes into the table. The
 winner is checked against the heuristic config's output (same function, bf16 rounding only). Every timing goes to
 a JSON log. Run on the GPU the numbers are for:
 
@@ -39,6 +40,27 @@ BWD = [
     {"BK": 64, "BV": 64, "SEG": 8},
     {"BK": 64, "BV": 64, "SEG": 32},
 ]
+# "fused" algorithm (kernels/la2_fused.py): keys merge over la2_config.heuristic_fused (BT 64, BV 128, 8 warps,
+# SEGT 4096 for few/mid pairs, 0 for many). Short lists: each candidate costs GPU seconds.
+F = {"ALGO": "fused"}
+FWD += [
+    F,
+    {**F, "BV": 64},
+    {**F, "BT": 32},
+    {**F, "SEGT": 2048},
+    {**F, "SEGT": 8192},
+    {**F, "SEGT": 0},
+    {**F, "stages": 3},
+    {**F, "BV": 64, "warps": 4},
+]
+BWD += [
+    F,
+    {**F, "BV": 64},
+    {**F, "BT": 32},
+    {**F, "SEGT": 2048},
+    {**F, "SEGT": 8192},
+    {**F, "stages": 3},
+]
 
 
 def tune_shape(D, T, tokens, H, log):
@@ -46,7 +68,7 @@ def tune_shape(D, T, tokens, H, log):
     from triton.testing import do_bench
 
     import tnl_kernels
-    from tnl_kernels.la2_config import heuristic, table_key
+    from tnl_kernels.la2_config import heuristic, heuristic_fused, table_key
 
     dtype = torch.bfloat16
     slope = torch.tensor([2 ** (-8 * (h + 1) / H) for h in range(H)], device="cuda")
@@ -85,8 +107,10 @@ def tune_shape(D, T, tokens, H, log):
     if not max(errs) < 2e-2:
         print(f"  {key}: best config disagrees with the heuristic ({errs}); not kept", flush=True)
         return key, None
-    base = heuristic(D, D, dtype, B * H)
-    return key, {ph: {**base[ph], **best[ph]} for ph in ("fwd", "bwd")}
+    def base(ph):
+        return (heuristic_fused if best[ph].get("ALGO") == "fused" else heuristic)(D, D, dtype, B * H)[ph]
+
+    return key, {ph: {**base(ph), **best[ph]} for ph in ("fwd", "bwd")}
 
 
 def main(argv=None):
