@@ -4,6 +4,7 @@
 # plus PYTHONPATH). Steps can be run one at a time so that each fits a short time slot:
 #
 #   bash benchmarks/gpu_suite.sh tests        # make test-gpu equivalent: kernels, ops, models, HF, training  (~3 min)
+#   bash benchmarks/gpu_suite.sh pytest ARGS / bench_train ARGS               # any pytest / bench_train selection
 #   bash benchmarks/gpu_suite.sh kernels      # LA2 vs FA2 / OpenNLPLab / fla over T, head dims, packed       (~6 min)
 #   bash benchmarks/gpu_suite.sh tune         # LA2 block-size tuning -> kernels/la2_tuned.json                (~4 min)
 #   bash benchmarks/gpu_suite.sh decode       # decode ms/token, tnl_385m vs llama_385m, 1K..128K context    (~3 min)
@@ -37,6 +38,10 @@ shift
 case $step in
   tests)
     "$PY" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$RESULTS/gpu_tests_$(stamp).log" ;;
+  pytest)
+    "$PY" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$RESULTS/gpu_pytest_$(stamp).log" ;;
+  bench_train)
+    "$PY" scripts/bench_train.py --out "$RESULTS" "$@" ;;
   kernels)
     "$PY" scripts/bench_kernels.py --out "$RESULTS" ;;
   tune)
