@@ -41,7 +41,7 @@ BWD = [
     {"BK": 64, "BV": 64, "SEG": 32},
 ]
 # "fused" algorithm (kernels/la2_fused.py): keys merge over la2_config.heuristic_fused (BT 64, BV 128, 8 warps,
-# SEGT 4096 for few/mid pairs, 0 for many). Short lists: each candidate costs GPU seconds.
+# SEGT 4096 for few/mid pairs, 0 for many; DKV for heads <= 64). Short lists: each candidate costs GPU seconds.
 F = {"ALGO": "fused"}
 FWD += [
     F,
@@ -60,6 +60,8 @@ BWD += [
     {**F, "SEGT": 2048},
     {**F, "SEGT": 8192},
     {**F, "stages": 3},
+    {**F, "DKV": True},
+    {**F, "DKV": True, "BT": 32},
 ]
 
 

@@ -18,6 +18,8 @@ Keys of a "fused" phase config (the backward runs three walks, dq forward, dv an
   SEGT            target tokens per segment (rounded down to a multiple of BT); segments of a sequence are walked
                   in parallel. 0: one segment per sequence (no segment-state passes at all)
   warps, stages   num_warps / num_stages of the walk
+  DKV             (backward) true: dk and dv from one reversed walk holding the whole D x E state (reads q, k, v,
+                  dO once: -2 units; more registers); only where next_pow2(D) * next_pow2(E) <= 128 * 128
   BKS, BVS, BTS   key / value tiles and chunk length of the segment-sum pass (BKS, BVS also tile the segment scan;
                   both run only when a sequence has more than one segment); warps_seg / stages_seg their launch
                   parameters
@@ -89,7 +91,8 @@ def heuristic_fused(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
     phase = dict(ALGO="fused", **walk, stages=2, SEGT=0 if shape_class(nh) == "many" else 4096,
                  BKS=min(seg, BD), BVS=min(seg, BE), BTS=64, warps_seg=8 if seg == 128 and big >= 128 else 4,
                  stages_seg=2)
-    return {"fwd": dict(phase), "bwd": dict(phase)}
+    # merged dk/dv walk: no spill on sm_90 for 64-wide heads; 312 B of spill at 128 x 128 (not the default there)
+    return {"fwd": dict(phase), "bwd": dict(phase, DKV=big <= 64 and dtype != torch.float32)}
 
 
 ALGOS = ("chunk", "fused")

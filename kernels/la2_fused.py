@@ -45,6 +45,63 @@ def _doc(cu_seqlens, i_n, T, IS_VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _segment(i_g, seg_idx, cu_seqlens, T, NSEG, SEGTOK, REVERSE: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """(sequence, segment, segments in the sequence, batch row, token the walk starts at (int64), tokens) of walk
+    segment i_g. REVERSE walks backwards in time: the same loop over a reversed view that starts at the segment's
+    last token (callers negate the token strides), so chunks and rows count from the segment's end and the mask
+    stays lower-triangular."""
+    if IS_VARLEN:
+        i_n = tl.load(seg_idx + 2 * i_g)
+        i_s = tl.load(seg_idx + 2 * i_g + 1)
+    else:
+        i_n = i_g // NSEG
+        i_s = i_g % NSEG
+    i_b, bos, seq_len = _doc(cu_seqlens, i_n, T, IS_VARLEN)
+    if IS_VARLEN:
+        ns = tl.maximum(tl.cdiv(seq_len, SEGTOK), 1)
+    else:
+        ns = NSEG
+    lo = i_s * SEGTOK
+    n_tok = tl.minimum(seq_len - lo, SEGTOK)
+    if REVERSE:
+        tok0 = bos + lo + tl.maximum(n_tok - 1, 0)
+    else:
+        tok0 = bos + lo
+    return i_n, i_s, ns, i_b, tok0, n_tok
+
+
+@triton.jit
+def _enter(state, init, boff, i_n, i_s, ns, i_h, o_k, o_v, s_sr, s_sh, s_sk, s_sv, s_in, s_ih, s_ik, s_iv,
+           NSEG, DK: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, USE_STATE: tl.constexpr,
+           USE_INIT: tl.constexpr, REVERSE: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """The state entering a segment (fp32 BD x BV): a stored boundary state, or the sequence's initial state /
+    final-state gradient at its edge. Scalar conditions enter the masks as a key-dim limit (`mask & scalar` breaks
+    the interpreter's masked load)."""
+    if REVERSE:
+        j = i_s
+        inner = i_s < ns - 1
+        edge = i_s >= ns - 1
+    else:
+        j = i_s - 1
+        inner = i_s > 0
+        edge = i_s <= 0
+    m_v = o_v < DV
+    b_s = tl.zeros([BD, BV], dtype=tl.float32)
+    if USE_STATE:
+        if IS_VARLEN:
+            rb = tl.load(boff + i_n)
+        else:
+            rb = i_n * (NSEG - 1)
+        row = (rb + tl.maximum(j, 0)).to(tl.int64)
+        b_s += tl.load(state + row * s_sr + i_h * s_sh + o_k[:, None] * s_sk + o_v[None, :] * s_sv,
+                       mask=(o_k[:, None] < tl.where(inner, DK, 0)) & m_v[None, :], other=0.0)
+    if USE_INIT:
+        b_s += tl.load(init + i_n.to(tl.int64) * s_in + i_h * s_ih + o_k[:, None] * s_ik + o_v[None, :] * s_iv,
+                       mask=(o_k[:, None] < tl.where(edge, DK, 0)) & m_v[None, :], other=0.0)
+    return b_s
+
+
+@triton.jit
 def la2_walk_kernel(
     q, k, v, o, state, init, fin, slope, cu_seqlens, seg_idx, boff,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh,
@@ -61,61 +118,21 @@ def la2_walk_kernel(
     i_v = pid % NV
     i_h = (pid // NV) % H
     i_g = pid // NV // H
-    if IS_VARLEN:
-        i_n = tl.load(seg_idx + 2 * i_g)
-        i_s = tl.load(seg_idx + 2 * i_g + 1)
-    else:
-        i_n = i_g // NSEG
-        i_s = i_g % NSEG
-    i_b, bos, seq_len = _doc(cu_seqlens, i_n, T, IS_VARLEN)
-    if IS_VARLEN:
-        ns = tl.maximum(tl.cdiv(seq_len, SEGTOK), 1)
-    else:
-        ns = NSEG
-    lo = i_s * SEGTOK
-    n_tok = tl.minimum(seq_len - lo, SEGTOK)
+    i_n, i_s, ns, i_b, tok0, n_tok = _segment(i_g, seg_idx, cu_seqlens, T, NSEG, SEGTOK, REVERSE, IS_VARLEN)
     nc = tl.cdiv(n_tok, BT)
-
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BD)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < DK
     m_v = o_v < DV
-    # REVERSE walks the segment backwards in time: the same loop over a reversed view (last token first, negative
-    # token strides), so chunk c and row j below count from the segment's end and the mask stays lower-triangular.
-    if REVERSE:
-        tok0 = bos + lo + tl.maximum(n_tok - 1, 0)  # int64
-    else:
-        tok0 = bos + lo
     p_q = q + i_b * s_qb + tok0 * s_qt + i_h * s_qh
     p_k = k + i_b * s_kb + tok0 * s_kt + i_h * s_kh
     p_v = v + i_b * s_vb + tok0 * s_vt + i_h * s_vh
     p_o = o + i_b * s_ob + tok0 * s_ot + i_h * s_oh
-    if REVERSE:
+    if REVERSE:  # (see _segment)
         s_qt, s_kt, s_vt, s_ot = -s_qt, -s_kt, -s_vt, -s_ot
-
-    # the state entering the segment: a stored boundary state, or the sequence's initial state / final gradient
-    # (scalar conditions enter masks as a key-dim limit: `mask & scalar` breaks the interpreter's masked load)
-    if REVERSE:
-        j = i_s
-        inner = i_s < ns - 1
-        edge = i_s >= ns - 1
-    else:
-        j = i_s - 1
-        inner = i_s > 0
-        edge = i_s <= 0
-    b_s = tl.zeros([BD, BV], dtype=tl.float32)
-    if USE_STATE:
-        if IS_VARLEN:
-            rb = tl.load(boff + i_n)
-        else:
-            rb = i_n * (NSEG - 1)
-        row = (rb + tl.maximum(j, 0)).to(tl.int64)
-        b_s += tl.load(state + row * s_sr + i_h * s_sh + o_k[:, None] * s_sk + o_v[None, :] * s_sv,
-                       mask=(o_k[:, None] < tl.where(inner, DK, 0)) & m_v[None, :], other=0.0)
-    if USE_INIT:
-        b_s += tl.load(init + i_n.to(tl.int64) * s_in + i_h * s_ih + o_k[:, None] * s_ik + o_v[None, :] * s_iv,
-                       mask=(o_k[:, None] < tl.where(edge, DK, 0)) & m_v[None, :], other=0.0)
+    b_s = _enter(state, init, boff, i_n, i_s, ns, i_h, o_k, o_v, s_sr, s_sh, s_sk, s_sv, s_in, s_ih, s_ik, s_iv,
+                 NSEG, DK, DV, BD, BV, USE_STATE, USE_INIT, REVERSE, IS_VARLEN)
 
     keep = o_t[:, None] >= o_t[None, :]
     if HAS_DECAY:
@@ -159,6 +176,82 @@ def la2_walk_kernel(
             last = i_s == ns - 1
         tl.store(fin + i_n.to(tl.int64) * s_fn + i_h * s_fh + o_k[:, None] * s_fk + o_v[None, :] * s_fv, b_s,
                  mask=(o_k[:, None] < tl.where(last, DK, 0)) & m_v[None, :])
+
+
+@triton.jit
+def la2_walk_dkv_kernel(
+    q, k, v, do, dk, dv, state, init, fin, slope, cu_seqlens, seg_idx, boff,
+    s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_db, s_dt, s_dh,
+    s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh,
+    s_sr, s_sh, s_sk, s_sv, s_in, s_ih, s_ik, s_iv, s_fn, s_fh, s_fk, s_fv,
+    T, NSEG, SEGTOK,
+    H: tl.constexpr, D: tl.constexpr, E: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+    HAS_DECAY: tl.constexpr, USE_STATE: tl.constexpr, USE_INIT: tl.constexpr, STORE_FIN: tl.constexpr,
+    IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
+):
+    """dv = walk(k, q, dO, REVERSE) and dk = walk(v, dO, q, REVERSE) in one program per (segment, head): both walks
+    carry the same state G (whole D x E, fp32; dk's is G^T), so q, k, v, dO are read once (6 units instead of 8).
+    Grid (segments * H,). state/init/fin: G-shaped (.., H, D, E) through strides, as la2_walk_kernel's."""
+    pid = tl.program_id(0)
+    i_h = pid % H
+    i_n, i_s, ns, i_b, tok0, n_tok = _segment(pid // H, seg_idx, cu_seqlens, T, NSEG, SEGTOK, True, IS_VARLEN)
+    nc = tl.cdiv(n_tok, BT)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BD)
+    o_v = tl.arange(0, BE)
+    m_k = o_k < D
+    m_v = o_v < E
+    p_q = q + i_b * s_qb + tok0 * s_qt + i_h * s_qh
+    p_k = k + i_b * s_kb + tok0 * s_kt + i_h * s_kh
+    p_v = v + i_b * s_vb + tok0 * s_vt + i_h * s_vh
+    p_do = do + i_b * s_db + tok0 * s_dt + i_h * s_dh
+    p_dk = dk + i_b * s_dkb + tok0 * s_dkt + i_h * s_dkh
+    p_dv = dv + i_b * s_dvb + tok0 * s_dvt + i_h * s_dvh
+    s_qt, s_kt, s_vt, s_dt, s_dkt, s_dvt = -s_qt, -s_kt, -s_vt, -s_dt, -s_dkt, -s_dvt  # reversed view
+    b_g = _enter(state, init, boff, i_n, i_s, ns, i_h, o_k, o_v, s_sr, s_sh, s_sk, s_sv, s_in, s_ih, s_ik, s_iv,
+                 NSEG, D, E, BD, BE, USE_STATE, USE_INIT, True, IS_VARLEN)
+    keep = o_t[:, None] >= o_t[None, :]
+    if HAS_DECAY:
+        b_slope = tl.load(slope + i_h)
+        b_m = tl.where(keep, tl.exp(-b_slope * tl.where(keep, o_t[:, None] - o_t[None, :], 0).to(tl.float32)), 0.0)
+        w_o = tl.exp(-b_slope * o_t.to(tl.float32))
+    else:
+        b_m = tl.where(keep, 1.0, 0.0)
+    for c in range(0, nc):
+        t = c * BT + o_t
+        m_t = t < n_tok
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_q = tl.load(p_q + t[:, None] * s_qt + o_k[None, :], mask=m_tk, other=0.0)
+        b_k = tl.load(p_k + t[:, None] * s_kt + o_k[None, :], mask=m_tk, other=0.0)
+        b_v = tl.load(p_v + t[:, None] * s_vt + o_v[None, :], mask=m_tv, other=0.0)
+        b_do = tl.load(p_do + t[:, None] * s_dt + o_v[None, :], mask=m_tv, other=0.0)
+        b_gc = b_g.to(b_q.dtype)
+        # dv, then dk, each stored before the next is formed (shorter live ranges); then the state
+        b_dv = tl.dot((tl.dot(b_k, tl.trans(b_q), input_precision=PREC) * b_m).to(b_q.dtype), b_do,
+                      input_precision=PREC)
+        if HAS_DECAY:
+            b_dv = tl.dot((b_k * w_o[:, None]).to(b_q.dtype), b_gc, b_dv, input_precision=PREC)
+        else:
+            b_dv = tl.dot(b_k, b_gc, b_dv, input_precision=PREC)
+        tl.store(p_dv + t[:, None] * s_dvt + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
+        b_dk = tl.dot((tl.dot(b_v, tl.trans(b_do), input_precision=PREC) * b_m).to(b_q.dtype), b_q,
+                      input_precision=PREC)
+        if HAS_DECAY:
+            b_dk = tl.dot((b_v * w_o[:, None]).to(b_q.dtype), tl.trans(b_gc), b_dk, input_precision=PREC)
+        else:
+            b_dk = tl.dot(b_v, tl.trans(b_gc), b_dk, input_precision=PREC)
+        tl.store(p_dk + t[:, None] * s_dkt + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
+        if HAS_DECAY:
+            L = tl.minimum(n_tok - c * BT, BT).to(tl.float32)
+            w_s = tl.where(m_t, tl.exp(-b_slope * tl.where(m_t, L - o_t, 0.0)), 0.0)
+            b_g = b_g * tl.exp(-b_slope * L) + tl.dot(tl.trans((b_q * w_s[:, None]).to(b_q.dtype)), b_do,
+                                                      input_precision=PREC)
+        else:
+            b_g += tl.dot(tl.trans(b_q), b_do, input_precision=PREC)
+    if STORE_FIN:
+        tl.store(fin + i_n.to(tl.int64) * s_fn + i_h * s_fh + o_k[:, None] * s_fk + o_v[None, :] * s_fv, b_g,
+                 mask=(o_k[:, None] < tl.where(i_s == 0, D, 0)) & m_v[None, :])
 
 
 @triton.jit

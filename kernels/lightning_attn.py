@@ -16,7 +16,7 @@ import triton
 
 from .la2_bwd import la2_bwd_dqkv_kernel, la2_bwd_dstate_kernel
 from .la2_config import get_config
-from .la2_fused import la2_segscan_kernel, la2_segsum_kernel, la2_walk_kernel
+from .la2_fused import la2_segscan_kernel, la2_segsum_kernel, la2_walk_dkv_kernel, la2_walk_kernel
 from .la2_fwd import la2_fwd_out_kernel, la2_fwd_state_kernel, la2_seg_scan_kernel
 
 
@@ -267,9 +267,19 @@ def _backward_fused(plan, q, k, v, slope, h0, do, dht, need_dh0, saved):
     gstate = _seg_states(plan, segs, c, q, do, slope, dht, reverse=True) if segs.n_bnd else None
     dh0 = torch.empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32, device=q.device) if need_dh0 else None
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    _walk(plan, segs, c, k, q, do, dv, gstate, dht, dh0, slope, reverse=True, transpose=False)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    _walk(plan, segs, c, v, do, q, dk, gstate, dht, None, slope, reverse=True, transpose=True)
+    BD, BE = (max(32, triton.next_power_of_2(x)) for x in (plan.D, plan.E))
+    if c.get("DKV") and BD * BE <= 128 * 128:  # one reversed program for dk and dv: the whole state in registers
+        args = (q, k, v, do, dk, dv, gstate, dht, dh0, slope, plan.cu_seqlens, segs.seg_idx, segs.boff,
+                *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
+                *_st4(gstate), *_st4(dht), *_st4(dh0), plan.T, segs.NSEG, segs.SEGTOK, plan.H, plan.D, plan.E,
+                c["BT"], BD, BE)
+        kwargs = dict(HAS_DECAY=slope is not None, USE_STATE=gstate is not None, USE_INIT=dht is not None,
+                      STORE_FIN=dh0 is not None, IS_VARLEN=plan.varlen, PREC=_prec(q.dtype))
+        _launch(la2_walk_dkv_kernel, (segs.n_seg * plan.H,), args, kwargs, c["warps"], c["stages"])
+    else:
+        _walk(plan, segs, c, k, q, do, dv, gstate, dht, dh0, slope, reverse=True, transpose=False)
+        _walk(plan, segs, c, v, do, q, dk, gstate, dht, None, slope, reverse=True, transpose=True)
     return dq, dk, dv, dh0
 
 

@@ -88,6 +88,10 @@ CASES = {
     "packed_all_1tok": (1, 3, 1, 16, 16, torch.float32, True, True, [0, 1, 2, 3], F, F),
     # the backward cuts other segments than the forward: its segment states are recomputed, not reused
     "bwd_other_segments": (1, 90, 2, 16, 16, torch.float32, True, True, [0, 7, 90], F, fused(BT=32, SEGT=64)),
+    # dk and dv from one reversed walk (DKV)
+    "dkv_3seg_h0": (2, 70, 2, 16, 32, torch.float32, True, True, None, F, fused(DKV=True)),
+    "dkv_packed_nodecay_fp16": (1, 83, 2, 32, 48, torch.float16, False, True, [0, 1, 40, 41, 42, 83], F,
+                                fused(DKV=True, SEGT=16)),
     # one phase fused, the other the chunked algorithm
     "fwd_fused_bwd_chunk": (2, 40, 2, 16, 32, torch.float32, True, True, None, F, {"BT": 16}),
     "fwd_chunk_bwd_fused": (1, 60, 2, 16, 32, torch.float16, True, True, [0, 20, 60], {"BT": 16}, F),

@@ -119,6 +119,8 @@ FUSED_CASES = {
     "T2048_manyBH_one_segment_bf16": (16, 2048, 16, 128, 128, torch.bfloat16, True, False, None, FUSED, FUSED),
     "T2048_fp16_bv64": (4, 2048, 16, 128, 128, torch.float16, True, True, None, {**FUSED, "BV": 64},
                         {**FUSED, "BV": 64, "BT": 32}),
+    "T2048_merged_dkv_bf16": (4, 2048, 16, 128, 128, torch.bfloat16, True, True, None, FUSED,
+                              {**FUSED, "DKV": True, "SEGT": 512}),
     "T1_bf16": (3, 1, 4, 128, 128, torch.bfloat16, True, True, None, FUSED, FUSED),
     "T63_T65_E48": (2, 65, 3, 64, 48, torch.bfloat16, True, True, None, {**FUSED, "SEGT": 32}, FUSED),
     "D256_bf16": (1, 4096, 4, 256, 256, torch.bfloat16, True, False, None, {**FUSED, "SEGT": 1024}, FUSED),
