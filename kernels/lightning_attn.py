@@ -56,7 +56,7 @@ def _launch(kernel, grid, args, kwargs, num_warps, num_stages):
 class _Plan:
     """Shapes, configs and chunk tables of one call, shared by forward and backward."""
 
-    def __init__(self, q, v, cu_seqlens, override=None):
+    def __init__(self, q, v, cu_seqlens, override=None, k=None):
         self.B, self.T, self.H, self.D = q.shape
         self.E = v.shape[-1]
         self.varlen = cu_seqlens is not None
@@ -66,6 +66,9 @@ class _Plan:
         self.cfg = get_config(self.D, self.E, q.dtype, self.N * self.H, override)
         self._tables = {}
         self._segs = {}
+        # the fused walks index tokens inside a segment with int32 offsets: segments stay below 2^31 elements
+        self.tok_stride = max(q.stride(1), v.stride(1), k.stride(1) if k is not None else 0,
+                              self.H * max(self.D, self.E), 1)
 
     def fused_segments(self, c):
         """Segments of the fused walks for phase config c: an object with SEGTOK (tokens per segment, a multiple of
@@ -73,6 +76,7 @@ class _Plan:
         boundaries = stored states per head), and for varlen the tables seg_idx, bnd_idx, boff (else None)."""
         BT, SEGT = c["BT"], c.get("SEGT", 0)
         SEGTOK = max(1, SEGT // BT) * BT if SEGT > 0 else (1 << 30)
+        SEGTOK = min(SEGTOK, max(BT, (2**31 - 1) // self.tok_stride // BT * BT))
         if SEGTOK not in self._segs:
             self._segs[SEGTOK] = _fused_segments(self, SEGTOK)
         return self._segs[SEGTOK]
@@ -254,6 +258,7 @@ def _forward_fused(plan, q, k, v, slope, h0, output_final_state):
 
 def _backward_fused(plan, q, k, v, slope, h0, do, dht, need_dh0, saved):
     c = plan.cfg["bwd"]
+    plan.tok_stride = max(plan.tok_stride, abs(do.stride(1)))
     segs = plan.fused_segments(c)
     state = None
     if segs.n_bnd:
@@ -286,7 +291,7 @@ def _backward_fused(plan, q, k, v, slope, h0, do, dht, need_dh0, saved):
 class LightningAttnFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slope, initial_state, output_final_state, cu_seqlens, config):
-        plan = _Plan(q, v, cu_seqlens, config)
+        plan = _Plan(q, v, cu_seqlens, config, k)
         segtok, seg_states = None, None
         if plan.cfg["fwd"]["ALGO"] == "fused":
             o, ht, (segtok, seg_states) = _forward_fused(plan, q, k, v, slope, initial_state, output_final_state)

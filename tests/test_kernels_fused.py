@@ -134,3 +134,16 @@ def test_fused_config_merging(monkeypatch):
     assert cfg["bwd"] == {**la2c.heuristic(128, 128, torch.bfloat16, 16)["bwd"], "BT": 64, "ALGO": "chunk"}
     with pytest.raises(ValueError, match="ALGO"):
         get_config(64, 64, torch.float16, 4, {"bwd": {"ALGO": "fast"}})
+
+
+def test_fused_segments_keep_int32_token_offsets():
+    """Token offsets inside a segment are int32 in the kernels: a huge token stride caps the segment length."""
+    from tnl_kernels.lightning_attn import _Plan
+
+    q = torch.zeros(1, 300, 2, 16)
+    plan = _Plan(q, q, None, {"fwd": F, "bwd": F}, q)
+    assert plan.fused_segments({"BT": 16, "SEGT": 0}).NSEG == 1
+    assert plan.fused_segments({"BT": 16, "SEGT": 40}).SEGTOK == 32
+    plan.tok_stride = 2**24  # as if a row of T held 16M elements
+    segs = plan.fused_segments({"BT": 16, "SEGT": 0})
+    assert segs.SEGTOK == 112 and segs.NSEG == 3 and segs.n_bnd == 2
