@@ -12,12 +12,14 @@ form the backward needs (i, j local to a chunk, in time order):
 where R entering the last chunk of a sequence is the final-state gradient and R leaving position 0 is the gradient
 of the initial state (the convention of la2_bwd.py's dS0). It runs as the same loop over a time-reversed view of the
 segment (base at its last token, negated token strides; chunks counted from its end), where with j' = L-1-j the two
-weights read lam^(j') and lam^(L-j'): only those exponents differ from the forward walk. With roles swapped the same kernel gives all gradients:
+weights read lam^(j') and lam^(L-j'): only those exponents differ from the forward walk. With roles swapped the
+same kernel gives all gradients (G = gradient of the true state):
     dq = walk(dO, v, k), state S^T;  dv = walk(k, q, dO, REVERSE), state G;  dk = walk(v, dO, q, REVERSE), state G^T.
+`la2_walk_dkv_kernel` runs the last two as one program (whole D x E state; q, k, v, dO read once).
 
 The state entering each segment comes from `la2_segsum_kernel` (each segment's own contribution, read k, v once)
 then `la2_segscan_kernel` (a short sequential scan over the segments of each sequence). States are stored only at
-the B = nseg - 1 inner boundaries of each sequence: row r = boff[n] + j holds, for boundary j (between segments j
+the nseg - 1 inner boundaries of each sequence: row r = boff[n] + j holds, for boundary j (between segments j
 and j+1), the true state entering segment j+1 (forward) or the gradient entering segment j from the right (REVERSE),
 as a (rows, H, DK, DV) fp32 buffer. Consumers read it through strides, so the backward reads the forward states
 transposed in place. The terminal segment of a sequence (last one forward, first one REVERSE) writes `fin` (final
