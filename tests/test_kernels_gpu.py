@@ -114,9 +114,9 @@ FUSED_CASES = {
     # name: (B, T, H, D, E, dtype, decay, initial_state, cu_seqlens, fwd config, bwd config)
     "T65536_fewBH_bf16": (1, 65536, 2, 128, 128, torch.bfloat16, True, True, None, FUSED, FUSED),
     "T65536_D64_nodecay_bf16": (1, 65536, 1, 64, 64, torch.bfloat16, False, False, None, FUSED, FUSED),
-    "T8192_manyBH_seg1024_bf16": (8, 8192, 16, 128, 128, torch.bfloat16, True, True, None,
-                                  {**FUSED, "SEGT": 1024}, {**FUSED, "SEGT": 1024}),
-    "T2048_manyBH_one_segment_bf16": (16, 2048, 16, 128, 128, torch.bfloat16, True, False, None, FUSED, FUSED),
+    "T4096_midBH_seg1024_bf16": (4, 4096, 16, 128, 128, torch.bfloat16, True, True, None,
+                                 {**FUSED, "SEGT": 1024}, {**FUSED, "SEGT": 1024}),
+    "T1024_manyBH_one_segment_bf16": (16, 1024, 16, 128, 128, torch.bfloat16, True, False, None, FUSED, FUSED),
     "T2048_fp16_bv64": (4, 2048, 16, 128, 128, torch.float16, True, True, None, {**FUSED, "BV": 64},
                         {**FUSED, "BV": 64, "BT": 32}),
     "T2048_merged_dkv_bf16": (4, 2048, 16, 128, 128, torch.bfloat16, True, True, None, FUSED,
