@@ -6,7 +6,9 @@
 #   bash benchmarks/gpu_suite.sh tests        # make test-gpu equivalent: kernels, ops, models, HF, training  (~3 min)
 #   bash benchmarks/gpu_suite.sh pytest ARGS / bench_train ARGS               # any pytest / bench_train selection
 #   bash benchmarks/gpu_suite.sh kernels      # LA2 vs FA2 / OpenNLPLab / fla over T, head dims, packed       (~6 min)
-#   bash benchmarks/gpu_suite.sh tune         # LA2 block-size tuning -> kernels/la2_tuned.json                (~4 min)
+#   bash benchmarks/gpu_suite.sh tune         # LA2 block-size tuning -> $RESULTS/la2_tuned.json (copy to kernels/)
+#   bash benchmarks/gpu_suite.sh shapes       # LA2 chunk vs fused at model shapes (benchmarks/bench_la2_shapes.py)
+#   bash benchmarks/gpu_suite.sh with TNL_LA2_ALGO=fused kernels   # any step with one more environment variable
 #   bash benchmarks/gpu_suite.sh decode       # decode ms/token, tnl_385m vs llama_385m, 1K..128K context    (~3 min)
 #   bash benchmarks/gpu_suite.sh throughput   # training tokens/s + peak memory over context 1K..64K          (~5 min)
 #   bash benchmarks/gpu_suite.sh memory       # tnl_1b peak memory vs context, with/without checkpointing    (~2 min)
@@ -43,9 +45,15 @@ case $step in
   bench_train)
     "$PY" scripts/bench_train.py --out "$RESULTS" "$@" ;;
   kernels)
-    "$PY" scripts/bench_kernels.py --out "$RESULTS" ;;
+    "$PY" scripts/bench_kernels.py --out "$RESULTS" "$@" ;;
+  shapes)
+    "$PY" benchmarks/bench_la2_shapes.py --out "$RESULTS" "$@" ;;
+  with)
+    # with VAR=VALUE STEP [args]: one step with an extra environment variable (e.g. TNL_LA2_ALGO=fused)
+    assign=${1:?usage: gpu_suite.sh with VAR=VALUE STEP [args]}; shift
+    env "$assign" bash "$0" "$@" ;;
   tune)
-    "$PY" benchmarks/tune_la2.py --out "$RESULTS" ;;
+    "$PY" benchmarks/tune_la2.py --out "$RESULTS/la2_tuned.json" --log "$RESULTS/tune_la2.json" "$@" ;;
   decode)
     "$PY" -m tnl.hf.bench_decode --out "$RESULTS" ;;
   throughput)

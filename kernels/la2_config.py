@@ -31,6 +31,7 @@ the override's is ignored.
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -99,12 +100,15 @@ ALGOS = ("chunk", "fused")
 
 
 def get_config(D: int, E: int, dtype: torch.dtype, nh: int, override: dict | None = None) -> dict:
-    """Heuristic of each phase's ALGO, then the tuned table (when of the same ALGO), then `override`."""
+    """Heuristic of each phase's ALGO, then the tuned table (when of the same ALGO), then `override`.
+
+    The ALGO is the override's, else $TNL_LA2_ALGO (chunk | fused: one algorithm everywhere, for benchmarks and
+    A/B runs), else the tuned table's, else "chunk"."""
     tuned = _tuned().get(table_key(dtype, D, E, nh), {})
     cfg = {}
     for phase in ("fwd", "bwd"):
         t, o = tuned.get(phase, {}), (override or {}).get(phase, {})
-        algo = o.get("ALGO", t.get("ALGO", "chunk"))
+        algo = o.get("ALGO") or os.environ.get("TNL_LA2_ALGO") or t.get("ALGO", "chunk")
         if algo not in ALGOS:
             raise ValueError(f"la2 config: {phase} ALGO must be one of {ALGOS}, got {algo!r}")
         base = (heuristic if algo == "chunk" else heuristic_fused)(D, E, dtype, nh)[phase]

@@ -1,0 +1,105 @@
+"""Forward and forward+backward time of the LA2 kernels at the shapes a model actually calls them with, per
+algorithm (chunk / fused): e.g. tnl_385m at 2K context is B=16, T=2048, H=8 with D=E=128, and its LRPE layer has
+D=256 (q, k doubled by [cos, sin]) with E=128. v is read as a strided view, as the model passes it.
+
+    python benchmarks/bench_la2_shapes.py --shapes 16x2048x8x128x128,16x2048x8x256x128 --out benchmarks/results
+
+Shapes are BxTxHxDxE; bf16 inputs, per-head decay. Medians of triton.testing.do_bench in ms.
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import triton
+from triton.testing import do_bench
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def inputs(B, T, H, D, E, device="cuda", dtype=torch.bfloat16):
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(B, T, H, D, device=device, dtype=dtype, generator=g).requires_grad_()
+    k = torch.randn(B, T, H, D, device=device, dtype=dtype, generator=g).requires_grad_()
+    # v as a view of a wider projection, like the model's fused qkvu output (row stride 4 * H * E)
+    v_full = torch.randn(B, T, 4 * H * E, device=device, dtype=dtype, generator=g)
+    v = v_full[..., : H * E].view(B, T, H, E).requires_grad_()
+    slope = torch.linspace(0.01, 0.5, H, device=device)
+    return q, k, v, slope
+
+
+def time_shape(shape, algo: str) -> dict:
+    from tnl_kernels import lightning_attn_triton
+
+    B, T, H, D, E = shape
+    q, k, v, slope = inputs(B, T, H, D, E)
+    # inputs are scaled small so that fp32 state sums stay tame at long T
+    with torch.no_grad():
+        for t in (q, k):
+            t.mul_(D ** -0.5)
+    cfg = {"fwd": {"ALGO": algo}, "bwd": {"ALGO": algo}}
+    do = torch.randn(B, T, H, E, device="cuda", dtype=q.dtype)
+
+    def fwd():
+        return lightning_attn_triton(q, k, v, slope, config=cfg)[0]
+
+    def fwd_bwd():
+        o = fwd()
+        torch.autograd.backward(o, do)
+
+    row = {"B": B, "T": T, "H": H, "D": D, "E": E, "algo": algo}
+    try:
+        with torch.no_grad():
+            row["fwd_ms"] = do_bench(fwd, warmup=25, rep=100, return_mode="median")
+        row["fwd_bwd_ms"] = do_bench(fwd_bwd, warmup=25, rep=100, grad_to_none=[q, k, v], return_mode="median")
+    except Exception as err:  # a config that does not compile on this GPU is reported, not fatal
+        row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="16x2048x8x128x128,16x2048x8x256x128,1x65536x8x128x128,1x65536x8x256x128")
+    p.add_argument("--algos", default="chunk,fused")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = p.parse_args(argv)
+    shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",") if s]
+    if any(len(s) != 5 for s in shapes):
+        p.error("--shapes: BxTxHxDxE, comma separated")
+    if not torch.cuda.is_available():
+        print("error: bench_la2_shapes needs a CUDA GPU", file=sys.stderr)
+        return 1
+    rows = []
+    for shape in shapes:
+        for algo in args.algos.split(","):
+            row = time_shape(shape, algo)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    name = torch.cuda.get_device_name()
+    meta = {"gpu": name, "torch": torch.__version__, "triton": triton.__version__,
+            "command": " ".join(["python", "benchmarks/bench_la2_shapes.py"] + (argv or sys.argv[1:])),
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "TNL_LA2_ALGO": os.environ.get("TNL_LA2_ALGO")}
+    lines = [f"# LA2 at model shapes ({name})", "", f"torch {meta['torch']}, triton {meta['triton']}; bf16, decay, "
+             "v strided; medians in ms.", "", "| B x T x H x D x E | algo | fwd | fwd+bwd |", "|---|---|---|---|"]
+    for r in rows:
+        cells = [f"{r['B']}x{r['T']}x{r['H']}x{r['D']}x{r['E']}", r["algo"]]
+        cells += [f"{r['fwd_ms']:.3f}", f"{r['fwd_bwd_ms']:.3f}"] if "error" not in r else [r["error"], ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "la2_shapes_" + "".join(c if c.isalnum() else "_" for c in name)[:30] + dt.datetime.now(
+        dt.timezone.utc).strftime("_%Y%m%dT%H%MZ")
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
