@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tnl.loss import fused_linear_cross_entropy, use_fused_ce
+
 IGNORE_INDEX = -100
 
 
@@ -55,12 +57,19 @@ def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
 def lm_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Mean next-token cross-entropy of `hidden @ weight.T` against `targets` (-100 = ignore), in fp32 (fp64 in).
 
-    The tokens are processed `chunk_size` at a time and each chunk is recomputed in backward, so the (tokens, vocab)
-    logits of a long sequence never exist all at once (64000 x 16K tokens would be 4 GB in fp32).
+    The tokens are processed `chunk_size` at a time, so the (tokens, vocab) logits of a long sequence never exist all
+    at once (64000 x 16K tokens would be 4 GB in fp32). Two paths:
+    - fused (training on the Triton backend, see tnl.loss.use_fused_ce): each chunk's gradients are computed inside
+      the forward by tnl.loss.fused_linear_cross_entropy; 3 vocab-sized matmuls per chunk, logits kept in the
+      compute dtype;
+    - torch (eval, CPU, fp64, or TNL_FUSED_CE=0): fp32 log-softmax per chunk, each chunk checkpointed (recomputed in
+      backward: 4 vocab-sized matmuls per chunk).
     hidden: (B, T, D); weight: (V, D); targets: (B, T) int64.
     """
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
+    if use_fused_ce(h, weight):
+        return fused_linear_cross_entropy(h, weight, t, chunk_size)
     count = (t != IGNORE_INDEX).sum()
     total = h.new_zeros((), dtype=torch.float64 if h.dtype == torch.float64 else torch.float32)
     for s in range(0, h.shape[0], chunk_size):

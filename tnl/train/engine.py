@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import tnl
+from tnl.loss import fused_ce_disabled
 from tnl.train import checkpoint, dist
 from tnl.train.config import ConfigError, model_error
 from tnl.train.metrics import build_sinks, peak_flops
@@ -41,7 +42,9 @@ def build_model(model_cfg: dict, ds_config: dict | None = None, zero_init: bool 
 class LossOnly(torch.nn.Module):
     """ZeRO-3 root: returns the loss as a plain tensor (ZeRO-3's backward hooks only see tensors, not LMOutput) and
     keeps the LM-head weight gathered through forward and backward: the models use it outside its module's forward,
-    including when the chunked loss is recomputed in backward. Checkpoint names gain a `model.` prefix."""
+    including when the chunked loss is recomputed in backward. Checkpoint names gain a `model.` prefix.
+    The fused LM-head loss (tnl.loss: gradients computed inside the forward) is switched off here: ZeRO-3 keeps the
+    checkpointed torch path this workaround was written and tested for."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -49,7 +52,8 @@ class LossOnly(torch.nn.Module):
         deepspeed.zero.register_external_parameter(self, model.output_weight)
 
     def forward(self, input_ids, targets=None, cu_seqlens=None, **kwargs):
-        return self.model(input_ids, targets=targets, cu_seqlens=cu_seqlens, **kwargs).loss
+        with fused_ce_disabled():
+            return self.model(input_ids, targets=targets, cu_seqlens=cu_seqlens, **kwargs).loss
 
     def flops_per_token(self, seq_len: int) -> float:
         return self.model.flops_per_token(seq_len)

@@ -1,0 +1,187 @@
+"""Fused linear + cross-entropy for training: the LM-head loss whose gradients are computed inside its forward.
+
+loss = mean over non-ignored targets of CE(hidden @ weight.T, targets). Per chunk of `chunk_size` tokens:
+    logits = hidden_c @ W^T                      one matmul, in the autocast / input dtype
+    ce_grad_inplace(logits, targets_c)           Triton: row losses, logits overwritten by softmax - onehot
+    dhidden_c = dlogits @ W,  dW += dlogits^T @ hidden_c   (dW accumulated in fp32)
+The autograd.Function keeps dhidden (N, D) and dW (V, D), scaled by 1/count at the end, and its backward only
+multiplies them by the incoming scalar gradient. Three vocab-sized matmuls per chunk instead of four (the torch path
+recomputes its checkpointed logits), and no fp32 (tokens, V) log_softmax in forward or backward. Memory: N x D + V x D
+plus one (chunk, V) block of logits, never N x V. The same idea as liger-kernel's fused linear cross-entropy.
+
+tnl.models.common.lm_head_loss takes this path when `use_fused_ce` says so: gradients needed, the op facade's backend
+is Triton (CUDA, or TNL_KERNEL_BACKEND=triton on CPU = Triton's interpreter), fp16/bf16/fp32 compute, and the path is
+not switched off: TNL_FUSED_CE=0 in the environment (read on every call, for A/B runs), or inside
+`fused_ce_disabled()` (the training engine wraps ZeRO-3 models in it: see tnl/train/engine.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import torch
+
+from tnl import ops
+
+IGNORE_INDEX = -100
+_KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+_disabled = 0  # depth of nested fused_ce_disabled() blocks
+
+
+@contextlib.contextmanager
+def fused_ce_disabled():
+    """Inside this block lm_head_loss takes its torch path (checkpointed chunks) even where Triton is available."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
+
+
+def fused_ce_enabled() -> bool:
+    """False inside `fused_ce_disabled()` or when TNL_FUSED_CE is 0/false/off/no."""
+    env = os.environ.get("TNL_FUSED_CE", "").strip().lower()
+    return _disabled == 0 and env not in ("0", "false", "off", "no")
+
+
+def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype F.linear(hidden, weight) would compute in: the autocast dtype when autocast is on (fp64 is never
+    autocast), else the inputs' dtype."""
+    dev = hidden.device.type
+    if hidden.dtype != torch.float64 and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return hidden.dtype
+
+
+def use_fused_ce(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether lm_head_loss should take the fused path for these inputs (see the module docstring)."""
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+        return False  # eval / no-grad: nothing to fuse, the plain chunked loss is cheaper
+    if not fused_ce_enabled() or ops._backend(hidden.device) != "triton":
+        return False
+    return compute_dtype(hidden, weight) in _KERNEL_DTYPES
+
+
+# ------------------------------------------------------------------------------------------------- fp32 accumulation
+_mm_out_dtype_ok: dict[str, bool] = {}  # device type -> torch.addmm(..., out_dtype=float32) works for bf16/fp16
+
+
+def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """acc (fp32) + a @ b, the product accumulated in fp32 (cuBLAS with an fp32 output where torch offers it, else
+    rounded to a's dtype once per chunk before the fp32 sum). Returns the new accumulator (maybe acc itself)."""
+    if a.dtype == acc.dtype:
+        return acc.addmm_(a, b)
+    dev = a.device.type
+    if _mm_out_dtype_ok.get(dev, dev == "cuda"):
+        try:
+            return torch.addmm(acc, a, b, out_dtype=acc.dtype)
+        except (TypeError, RuntimeError, NotImplementedError):  # older torch, or a backend without it
+            _mm_out_dtype_ok[dev] = False
+    return acc.add_(a @ b)
+
+
+# ------------------------------------------------------------------------------------------------------ the function
+class _FusedLinearCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size, cdtype, kernel):
+        need_h, need_w = ctx.needs_input_grad[:2]
+        N, D = hidden.shape
+        V = weight.shape[0]
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(cdtype)
+            count = (targets != IGNORE_INDEX).sum()
+            inv = 1.0 / count.clamp(min=1).to(torch.float32)  # device scalar: no host sync
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            dh = torch.empty(N, D, dtype=hidden.dtype, device=hidden.device) if need_h else None
+            dw = torch.zeros(V, D, dtype=torch.float32, device=hidden.device) if need_w else None
+            for s in range(0, N, chunk_size):
+                hc = hidden[s:s + chunk_size].to(cdtype)
+                logits = hc @ w.T  # (rows, V), contiguous
+                total = total + kernel(logits, targets[s:s + chunk_size], 1.0).sum()
+                dlogits = logits  # overwritten in place: softmax - onehot (unscaled: fp16 keeps its precision)
+                if need_h:
+                    if dh.dtype == cdtype:
+                        torch.mm(dlogits, w, out=dh[s:s + chunk_size])
+                    else:
+                        dh[s:s + chunk_size] = dlogits @ w
+                if need_w:
+                    dw = _accumulate_mm(dw, dlogits.T, hc)
+                del logits, dlogits
+            loss = total * inv
+            if need_h:
+                dh.mul_(inv)
+            if need_w:
+                dw = dw.mul_(inv).to(weight.dtype)
+        ctx.save_for_backward(dh, dw)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        dh, dw = ctx.saved_tensors
+        gh = None if dh is None else dh * grad_loss.to(dh.dtype)
+        gw = None if dw is None else dw * grad_loss.to(dw.dtype)
+        return gh, gw, None, None, None, None
+
+
+def _check(hidden, weight, targets, chunk_size):
+    for x, name in ((hidden, "hidden"), (weight, "weight"), (targets, "targets")):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if hidden.dim() != 2 or weight.dim() != 2:
+        raise ValueError(f"hidden must be (N, D) and weight (V, D), got {tuple(hidden.shape)} and "
+                         f"{tuple(weight.shape)}")
+    if hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden's D = {hidden.shape[1]} != weight's D = {weight.shape[1]}")
+    if weight.shape[0] == 0:
+        raise ValueError("weight must have at least one row (V >= 1)")
+    if targets.shape != (hidden.shape[0],):
+        raise ValueError(f"targets must have shape (N,) = ({hidden.shape[0]},), got {tuple(targets.shape)}")
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"targets must be int64 or int32, got {targets.dtype}")
+    if weight.device != hidden.device or targets.device != hidden.device:
+        raise ValueError(f"hidden, weight and targets must share a device, got {hidden.device}, {weight.device}, "
+                         f"{targets.device}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    cdtype = compute_dtype(hidden, weight)
+    if cdtype not in _KERNEL_DTYPES:
+        raise TypeError(f"the fused loss computes in bfloat16, float16 or float32, got {cdtype}")
+    if not torch.is_autocast_enabled(hidden.device.type) and weight.dtype != hidden.dtype:
+        raise TypeError(f"weight dtype {weight.dtype} != hidden dtype {hidden.dtype} (outside autocast)")
+    return cdtype
+
+
+def _fused_call(hidden, weight, targets, chunk_size, cdtype):
+    kernel = ops._triton_fn("ce_grad_inplace", hidden.device)
+    return _FusedLinearCE.apply(hidden, weight, targets, chunk_size, cdtype, kernel)
+
+
+_fused_outside_compile = None
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               chunk_size: int = 4096) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against `targets` (-100 = ignore), gradients computed in forward.
+
+    Args:
+        hidden: `[N, D]`, bf16/fp16/fp32 (fp32 master copies under autocast are fine: the matmuls run in the
+            autocast dtype, like F.linear).
+        weight: `[V, D]`, hidden's dtype outside autocast.
+        targets: `[N]` int64/int32; -100 ignores a token. A target outside [0, V) makes the loss NaN (no host sync).
+        chunk_size: tokens per chunk; one (chunk_size, V) block of logits exists at a time.
+
+    Returns the fp32 loss (0-d), the mean over non-ignored targets (0 when all are ignored, still differentiable).
+    Gradients come back in hidden's and weight's dtypes. Always the Triton kernel (interpreted on CPU tensors);
+    `tnl.models.common.lm_head_loss` is the entry point that picks this or the torch path. Kept out of torch.compile
+    graphs (one graph break: the kernel launches and the chunk loop run eagerly)."""
+    global _fused_outside_compile
+    cdtype = _check(hidden, weight, targets, chunk_size)
+    if "torch._dynamo" not in sys.modules:  # nothing can be compiling: skip the wrapper (importing dynamo is slow)
+        return _fused_call(hidden, weight, targets, chunk_size, cdtype)
+    if _fused_outside_compile is None:
+        _fused_outside_compile = torch.compiler.disable(_fused_call)
+    return _fused_outside_compile(hidden, weight, targets, chunk_size, cdtype)
