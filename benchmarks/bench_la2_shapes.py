@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="16x2048x8x128x128,16x2048x8x256x128,1x65536x8x128x128,1x65536x8x256x128")
     p.add_argument("--algos", default="chunk,fused")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--tag", default="", help="suffix for the output file names")
     args = p.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",") if s]
     if any(len(s) != 5 for s in shapes):
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "la2_shapes_" + "".join(c if c.isalnum() else "_" for c in name)[:30] + dt.datetime.now(
-        dt.timezone.utc).strftime("_%Y%m%dT%H%MZ")
+        dt.timezone.utc).strftime("_%Y%m%dT%H%M%SZ") + (f"_{args.tag}" if args.tag else "")
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -9,7 +9,7 @@ Keys of a phase config:
   SEG             0: each state pass walks a whole sequence in one program; n > 0: it walks segments of n chunks
                   in parallel and a scan joins them (more programs for long sequences; not yet measured on a GPU)
   warps_*/stages_*  num_warps / num_stages of the state pass (s), output pass (o), dq/dk/dv pass (b)
-  ALGO            "chunk" (the keys above; default) or "fused" (kernels/la2_fused.py: LA2's own loop over segments,
+  ALGO            "chunk" (the keys above) or "fused" (kernels/la2_fused.py: LA2's own loop over segments,
                   state in registers, no per-chunk states in memory); chosen per phase, each with its own keys:
 Keys of a "fused" phase config (the backward runs three walks, dq forward, dv and dk reversed, with the same keys):
   BT              chunk length of the walk (one BT x BT score tile in registers)
@@ -25,6 +25,8 @@ Keys of a "fused" phase config (the backward runs three walks, dq forward, dv an
                   parameters
 `la2_tuned.json` beside this file (written by benchmarks/tune_la2.py on a GPU) overrides the heuristic per key
 "<dtype>/D<D>/E<E>/<class>", class from the number of (sequence, head) pairs: few (<= 32), mid (<= 128), many.
+Without a tuned entry or override, each phase runs default_algo's choice (fused for 16-bit inputs, chunked for fp32
+and for the forward of key dims above 128).
 A tuned or overriding phase config is merged over the heuristic of its own ALGO; a tuned phase of another ALGO than
 the override's is ignored.
 """
@@ -75,10 +77,10 @@ def heuristic(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
 
 
 def heuristic_fused(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
-    """Defaults of the "fused" algorithm (not yet timed on a GPU; chosen from sm_90 compiles on CPU, registers and
-    spills in benchmarks/NOTES.md): the whole state of a 128 x 128 head in registers with 8 warps and a 64-token
-    chunk; segments of 4,096 tokens where few (sequence, head) pairs would leave SMs idle. 256-wide heads halve
-    the chunk and the value tile. fp32 ("ieee" products without tensor cores) spills at every tile size: smallest."""
+    """Defaults of the "fused" algorithm (first chosen from sm_90 compiles on CPU, registers and spills in
+    benchmarks/NOTES.md; 16-bit 128-wide heads then tuned on an H100): the whole key dim of the state in registers,
+    a 64-token chunk; segments of 4,096 tokens where few (sequence, head) pairs would leave SMs idle. 256-wide heads
+    halve the chunk and the value tile. fp32 ("ieee" products without tensor cores) spills at every tile size."""
     BD = max(32, triton.next_power_of_2(D))
     BE = max(32, triton.next_power_of_2(E))
     big = max(BD, BE)
@@ -88,27 +90,48 @@ def heuristic_fused(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
         walk = dict(BT=32, BV=64, warps=8)
     else:
         walk = dict(BT=64, BV=128, warps=8 if big >= 128 else 4)
+    fwd_walk = walk
+    if dtype != torch.float32 and big == 128:
+        # tuned on an H100 in every shape class (results/tune_la2_*): a 64-wide value tile with 4 warps forward
+        # (0.47-0.75 vs 0.64-0.90 ms), 3 stages backward
+        fwd_walk = dict(walk, BV=64, warps=4)
     seg = 64 if dtype == torch.float32 else 128
     phase = dict(ALGO="fused", **walk, stages=2, SEGT=0 if shape_class(nh) == "many" else 4096,
                  BKS=min(seg, BD), BVS=min(seg, BE), BTS=64, warps_seg=8 if seg == 128 and big >= 128 else 4,
                  stages_seg=2)
     # merged dk/dv walk: no spill on sm_90 for 64-wide heads; 312 B of spill at 128 x 128 (not the default there)
-    return {"fwd": dict(phase), "bwd": dict(phase, DKV=big <= 64 and dtype != torch.float32)}
+    bwd_stages = 3 if dtype != torch.float32 and big == 128 else 2
+    return {"fwd": dict(phase, **fwd_walk), "bwd": dict(phase, stages=bwd_stages, DKV=big <= 64 and dtype != torch.float32)}
 
 
 ALGOS = ("chunk", "fused")
+
+
+def default_algo(phase: str, D: int, dtype: torch.dtype) -> str:
+    """The algorithm a phase runs when neither an override, $TNL_LA2_ALGO nor the tuned table names one.
+
+    Measured on an H100 (benchmarks/NOTES.md, "Fused segment walk"): in bf16 the fused walk beats the chunked path
+    at every T for D = E = 128 (fwd+bwd 2.5-3.1 ms vs 3.1-4.0) and D = E = 64, and its backward is 9x faster at the
+    LRPE layer's D = 256, E = 128 (4.0 vs 37 ms at tnl_385m's shape), where the chunked forward stays faster (0.50 vs
+    0.94 ms). fp32 keeps the chunked path: the fused walk's exact fp32 products spill registers at every tile size."""
+    if dtype == torch.float32:
+        return "chunk"
+    if phase == "fwd" and D > 128:
+        return "chunk"
+    return "fused"
 
 
 def get_config(D: int, E: int, dtype: torch.dtype, nh: int, override: dict | None = None) -> dict:
     """Heuristic of each phase's ALGO, then the tuned table (when of the same ALGO), then `override`.
 
     The ALGO is the override's, else $TNL_LA2_ALGO (chunk | fused: one algorithm everywhere, for benchmarks and
-    A/B runs), else the tuned table's, else "chunk"."""
+    A/B runs), else the tuned table's, else default_algo's."""
     tuned = _tuned().get(table_key(dtype, D, E, nh), {})
     cfg = {}
     for phase in ("fwd", "bwd"):
         t, o = tuned.get(phase, {}), (override or {}).get(phase, {})
-        algo = o.get("ALGO") or os.environ.get("TNL_LA2_ALGO") or t.get("ALGO", "chunk")
+        tuned_algo = t.get("ALGO", "chunk") if t else None  # entries without ALGO predate the fused walk
+        algo = o.get("ALGO") or os.environ.get("TNL_LA2_ALGO") or tuned_algo or default_algo(phase, D, dtype)
         if algo not in ALGOS:
             raise ValueError(f"la2 config: {phase} ALGO must be one of {ALGOS}, got {algo!r}")
         base = (heuristic if algo == "chunk" else heuristic_fused)(D, E, dtype, nh)[phase]

@@ -332,7 +332,11 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
     Returns (o with v's shape and q's dtype, final_state float32 (N, H, D, E) or None).
     Differentiable in q, k, v and initial_state. Expects inputs already validated by tnl.ops.
     config: optional {"fwd": {...}, "bwd": {...}} overriding block sizes and the algorithm per phase
-    ({"ALGO": "fused", ...}; see la2_config; used by the tuner).
+    ({"ALGO": "fused", ...}; see la2_config; used by the tuner), and "DMAX" (default 128): a key dim above it is
+    cut into equal parts of at most DMAX, one kernel call each, outputs summed and final states concatenated.
+    That is exact, since the score q.k and therefore o are sums over key-dim parts and the state stacks along D,
+    and it keeps the state of the LRPE layer (D = 256) small enough for registers: its fused backward took 4.0 ms
+    at D = 256 against 2 x 0.64 predicted for two D = 128 calls (H100, benchmarks/NOTES.md).
     """
     B, H = q.shape[0], q.shape[2]
     if (H if cu_seqlens is not None else B * H) > 65535:
@@ -344,4 +348,18 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
         initial_state = initial_state.float().contiguous()
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
-    return LightningAttnFunction.apply(q, k, v, slope, initial_state, bool(output_final_state), cu_seqlens, config)
+    D = q.shape[-1]
+    dmax = (config or {}).get("DMAX", 128)
+    if D <= dmax:
+        return LightningAttnFunction.apply(q, k, v, slope, initial_state, bool(output_final_state), cu_seqlens,
+                                           config)
+    part = triton.cdiv(D, triton.cdiv(D, dmax))  # equal parts: 256 -> 2 x 128, 192 -> 2 x 96
+    h0s = ([h.contiguous() for h in initial_state.split(part, dim=2)] if initial_state is not None
+           else [None] * triton.cdiv(D, part))
+    outs = [LightningAttnFunction.apply(qi, ki, v, slope, h0, bool(output_final_state), cu_seqlens, config)
+            for qi, ki, h0 in zip(q.split(part, dim=-1), k.split(part, dim=-1), h0s)]
+    o = outs[0][0].float()
+    for oi, _ in outs[1:]:
+        o = o + oi.float()  # summed in fp32
+    ht = torch.cat([ht for _, ht in outs], dim=2) if output_final_state else None
+    return o.to(q.dtype), ht

@@ -129,7 +129,8 @@ def test_fused_config_merging(monkeypatch):
     chunk_entry = {"fwd": {"BT": 128, "BV": 64, "warps_s": 4}, "bwd": {"BT": 64}}
     monkeypatch.setattr(la2c, "_tuned", lambda: {la2c.table_key(torch.bfloat16, 128, 128, 16): chunk_entry})
     cfg = get_config(128, 128, torch.bfloat16, 16, {"fwd": {"ALGO": "fused", "SEGT": 2048}})
-    assert cfg["fwd"]["ALGO"] == "fused" and cfg["fwd"]["BT"] == 64 and cfg["fwd"]["BV"] == 128
+    fused_fwd = la2c.heuristic_fused(128, 128, torch.bfloat16, 16)["fwd"]
+    assert cfg["fwd"]["ALGO"] == "fused" and cfg["fwd"]["BT"] == fused_fwd["BT"] and cfg["fwd"]["BV"] == fused_fwd["BV"]
     assert cfg["fwd"]["SEGT"] == 2048 and "warps_s" not in cfg["fwd"]
     assert cfg["bwd"] == {**la2c.heuristic(128, 128, torch.bfloat16, 16)["bwd"], "BT": 64, "ALGO": "chunk"}
     with pytest.raises(ValueError, match="ALGO"):
@@ -147,3 +148,20 @@ def test_fused_segments_keep_int32_token_offsets():
     plan.tok_stride = 2**24  # as if a row of T held 16M elements
     segs = plan.fused_segments({"BT": 16, "SEGT": 0})
     assert segs.SEGTOK == 112 and segs.NSEG == 3 and segs.n_bnd == 2
+
+
+def test_default_algorithm_and_env_override(monkeypatch):
+    """Without a tuned entry: fused for 16-bit inputs, chunked for fp32 and for the forward of key dims > 128;
+    $TNL_LA2_ALGO forces one algorithm; an explicit override wins over both."""
+    import tnl_kernels.la2_config as la2c
+
+    monkeypatch.setattr(la2c, "_tuned", lambda: {})
+    monkeypatch.delenv("TNL_LA2_ALGO", raising=False)
+    algos = lambda *a, **kw: tuple(get_config(*a, **kw)[p]["ALGO"] for p in ("fwd", "bwd"))  # noqa: E731
+    assert algos(128, 128, torch.bfloat16, 16) == ("fused", "fused")
+    assert algos(64, 64, torch.float16, 512) == ("fused", "fused")
+    assert algos(256, 128, torch.bfloat16, 128) == ("chunk", "fused")
+    assert algos(128, 128, torch.float32, 16) == ("chunk", "chunk")
+    monkeypatch.setenv("TNL_LA2_ALGO", "chunk")
+    assert algos(128, 128, torch.bfloat16, 16) == ("chunk", "chunk")
+    assert algos(128, 128, torch.bfloat16, 16, override={"bwd": {"ALGO": "fused"}}) == ("chunk", "fused")

@@ -144,14 +144,16 @@ def test_srms_norm(dtype):
 
 
 # Block-size variants the tuner (benchmarks/tune_la2.py) may pick: each must compute the same function.
+C = {"ALGO": "chunk"}  # these keys are the chunked algorithm's (16-bit inputs default to the fused walk)
 CONFIGS = {
-    "bt128_wide_out": {"fwd": {"BT": 128, "BK": 32, "BV": 16, "BKO": 16, "BVO": 64}, "bwd": {"BT": 128, "BVB": 16}},
-    "bt32_small_tiles": {"fwd": {"BT": 32, "BK": 16, "BV": 32, "BKO": 32, "BVO": 16},
-                         "bwd": {"BT": 32, "BK": 16, "BV": 16, "BVB": 32}},
-    "bt16": {"fwd": {"BT": 16}, "bwd": {"BT": 16}},
+    "bt128_wide_out": {"fwd": {**C, "BT": 128, "BK": 32, "BV": 16, "BKO": 16, "BVO": 64},
+                       "bwd": {**C, "BT": 128, "BVB": 16}},
+    "bt32_small_tiles": {"fwd": {**C, "BT": 32, "BK": 16, "BV": 32, "BKO": 32, "BVO": 16},
+                         "bwd": {**C, "BT": 32, "BK": 16, "BV": 16, "BVB": 32}},
+    "bt16": {"fwd": {**C, "BT": 16}, "bwd": {**C, "BT": 16}},
     # segmented state walks: per-segment local states + a scan across segments, fixed up by the consumers
-    "seg2_bt16": {"fwd": {"BT": 16, "SEG": 2}, "bwd": {"BT": 16, "SEG": 3}},
-    "seg1_bt32": {"fwd": {"BT": 32, "SEG": 1, "BVO": 16}, "bwd": {"BT": 32, "SEG": 1, "BVB": 16}},
+    "seg2_bt16": {"fwd": {**C, "BT": 16, "SEG": 2}, "bwd": {**C, "BT": 16, "SEG": 3}},
+    "seg1_bt32": {"fwd": {**C, "BT": 32, "SEG": 1, "BVO": 16}, "bwd": {**C, "BT": 32, "SEG": 1, "BVB": 16}},
 }
 
 
@@ -170,7 +172,7 @@ def test_lightning_attn_segmented_walk(decay, cu, dtype, monkeypatch):
     B = 2 if cu is None else 1
     q, k, v, slope, h0, cu_t, g = make_inputs(B, 100, 2, 16, 32, dtype, decay, cu is not None, cu, 41)
     real = tnl_kernels.lightning_attn_triton
-    cfg = {"fwd": {"BT": 16, "SEG": 2}, "bwd": {"BT": 16, "SEG": 2}}
+    cfg = {"fwd": {**C, "BT": 16, "SEG": 2}, "bwd": {**C, "BT": 16, "SEG": 2}}
     monkeypatch.setattr(tnl_kernels, "lightning_attn_triton", lambda *a: real(*a, config=cfg))
     check(q, k, v, slope, h0, cu_t, g)
 
@@ -188,3 +190,15 @@ def test_lightning_attn_tuned_table_configs(key, cfg, monkeypatch):
     real = tnl_kernels.lightning_attn_triton
     monkeypatch.setattr(tnl_kernels, "lightning_attn_triton", lambda *a: real(*a, config=cfg))
     check(q, k, v, slope, h0, cu, g)
+
+
+@pytest.mark.parametrize("D,dmax,dtype,cu", [(48, 16, torch.float32, None), (40, 16, torch.float16, [0, 1, 30, 57]),
+                                             (256, 512, torch.float32, None)])
+def test_key_dim_split(D, dmax, dtype, cu, monkeypatch):
+    """Key dims above DMAX run as near-equal parts (48 -> 3 x 16; 40 -> 14 + 14 + 12, packed) whose outputs add and
+    whose states stack along D; DMAX = 512 runs D = 256 in one call. With initial and final states."""
+    B = 2 if cu is None else 1
+    q, k, v, slope, h0, cu_t, g = make_inputs(B, 57, 2, D, 24, dtype, True, True, cu, 51 + D)
+    real = tnl_kernels.lightning_attn_triton
+    monkeypatch.setattr(tnl_kernels, "lightning_attn_triton", lambda *a: real(*a, config={"DMAX": dmax}))
+    check(q, k, v, slope, h0, cu_t, g)
