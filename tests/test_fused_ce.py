@@ -216,6 +216,35 @@ def test_tied_weight_gets_the_sum_of_both_gradients(triton_backend, monkeypatch,
     assert rel_err(head_only, wd.grad) > 1e-3
 
 
+@pytest.mark.parametrize("arch", ["tnl", "llama"])
+def test_model_gradients_equal_with_fused_and_torch_loss(monkeypatch, arch):
+    """A tiny model (TNL ties its LM head to the embedding): every parameter's gradient is the same whichever path
+    lm_head_loss takes. Only the loss is switched to the fused path; the rest of the model stays on torch."""
+    interp_or_skip()
+    import tnl.models.common as common
+    from tnl.models import build_model
+
+    torch.manual_seed(14)
+    model = build_model(dict(arch=arch, vocab_size=301, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=40, loss_chunk_size=7))
+    ids = torch.randint(0, 301, (2, 13))
+    targets = torch.randint(0, 301, (2, 13))
+    targets[1, :9] = -100
+
+    def grads(fused):
+        monkeypatch.setattr(common, "use_fused_ce", lambda h, w: fused and torch.is_grad_enabled())
+        model.zero_grad(set_to_none=True)
+        loss = model(ids, targets).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (l_t, g_t), (l_f, g_f) = grads(False), grads(True)
+    assert abs(l_t - l_f).item() < 1e-5
+    assert g_t.keys() == g_f.keys()
+    for name in g_t:
+        assert rel_err(g_f[name], g_t[name]) < 1e-5, name
+
+
 def test_autocast_fp16_computes_in_fp16_and_returns_fp32_grads(triton_backend):
     """Under autocast fp32 master copies are cast like F.linear would; gradients come back fp32."""
     h, w, t = make(40, 16, 1000, torch.float32, seed=9, ignore=[0, 39])
@@ -234,6 +263,19 @@ def test_only_requested_gradients_and_grad_output_scaling(triton_backend):
     loss = tloss.fused_linear_cross_entropy(h, wl, t, 5)  # hidden needs no gradient
     (loss * 3.0).backward()
     assert rel_err(wl.grad, reference(h, w, t)[2] * 3.0) < GRAD_TOL[torch.float32]
+
+
+def test_fp16_small_gradients_survive_a_loss_scale(triton_backend):
+    """fp16 training multiplies the loss by a scale so that small gradients do not underflow; the fused path applies
+    that scale (and 1/count) only in backward, so it keeps fp16 gradients in fp32 until then. Here d hidden ~ 1e-6
+    (an fp16 subnormal: ~5% rounding) unless it waits in fp32."""
+    h, w, t = make(40, 8, 200, torch.float16, seed=13, wscale=1e-4)
+    hl, wl = h.clone().requires_grad_(), w.clone().requires_grad_()
+    (tloss.fused_linear_cross_entropy(hl, wl, t, 16) * 1024.0).backward()
+    want = reference(h, w, t)
+    assert hl.grad.abs().max() > 1e-4  # scaled into fp16's normal range
+    assert rel_err(hl.grad.double() / 1024, want[1]) < GRAD_TOL[torch.float16]
+    assert rel_err(wl.grad.double() / 1024, want[2]) < GRAD_TOL[torch.float16]
 
 
 @pytest.mark.parametrize("bad,err,match", [

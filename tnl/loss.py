@@ -85,6 +85,13 @@ def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch
 
 
 # ------------------------------------------------------------------------------------------------------ the function
+def _kept(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a saved gradient waits in until backward: fp16 ones in fp32, because they are still divided by the
+    token count and multiplied by the incoming gradient (an fp16 loss scale) only then, and 1/count-sized values
+    would underflow fp16; bf16 has fp32's range."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_size, cdtype, kernel):
@@ -96,7 +103,7 @@ class _FusedLinearCE(torch.autograd.Function):
             count = (targets != IGNORE_INDEX).sum()
             inv = 1.0 / count.clamp(min=1).to(torch.float32)  # device scalar: no host sync
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            dh = torch.empty(N, D, dtype=hidden.dtype, device=hidden.device) if need_h else None
+            dh = torch.empty(N, D, dtype=_kept(hidden.dtype), device=hidden.device) if need_h else None
             dw = torch.zeros(V, D, dtype=torch.float32, device=hidden.device) if need_w else None
             for s in range(0, N, chunk_size):
                 hc = hidden[s:s + chunk_size].to(cdtype)
@@ -115,15 +122,16 @@ class _FusedLinearCE(torch.autograd.Function):
             if need_h:
                 dh.mul_(inv)
             if need_w:
-                dw = dw.mul_(inv).to(weight.dtype)
+                dw = dw.mul_(inv).to(_kept(weight.dtype))
         ctx.save_for_backward(dh, dw)
+        ctx.dtypes = hidden.dtype, weight.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         dh, dw = ctx.saved_tensors
-        gh = None if dh is None else dh * grad_loss.to(dh.dtype)
-        gw = None if dw is None else dw * grad_loss.to(dw.dtype)
+        gh = None if dh is None else (dh * grad_loss.to(dh.dtype)).to(ctx.dtypes[0])
+        gw = None if dw is None else (dw * grad_loss.to(dw.dtype)).to(ctx.dtypes[1])
         return gh, gw, None, None, None, None
 
 
