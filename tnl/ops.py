@@ -309,4 +309,26 @@ def srms_norm(x, eps=1e-6):
         raise ValueError(f"eps must be a positive number, got {eps!r}")
     if _backend(x.device) == "triton":
         return _triton_fn("srms_norm_triton", x.device)(x, float(eps))
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _SRMSNormTorch.apply(x, float(eps))
     return reference.srms_norm(x, eps)
+
+
+class _SRMSNormTorch(torch.autograd.Function):
+    """SRMSNorm in torch with the Triton kernel's memory policy: keeps the output and 1/rms, not the input
+    (dx = r (dy - y mean(dy y)), x = y / r), so a norm whose output the next layer keeps anyway adds no activations."""
+
+    @staticmethod
+    def forward(ctx, x, eps):
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xf = x.to(dt)
+        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        y = (xf * r).to(x.dtype)
+        ctx.save_for_backward(y, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        y, r = ctx.saved_tensors
+        yf, dyf = y.to(r.dtype), dy.to(r.dtype)
+        return (r * (dyf - yf * (dyf * yf).mean(-1, keepdim=True))).to(y.dtype), None
