@@ -175,6 +175,20 @@ def test_lm_head_loss_keeps_the_torch_path(triton_backend, monkeypatch, how):
     assert rel_err(got[1], rdh) < 1e-5 and rel_err(got[2], rdw) < 1e-5
 
 
+def test_env_switch_overrides_the_context_and_rejects_typos(monkeypatch):
+    monkeypatch.delenv("TNL_FUSED_CE", raising=False)
+    assert tloss.fused_ce_enabled()
+    with tloss.fused_ce_disabled():
+        assert not tloss.fused_ce_enabled()
+        monkeypatch.setenv("TNL_FUSED_CE", "1")
+        assert tloss.fused_ce_enabled()
+    monkeypatch.setenv("TNL_FUSED_CE", "off")
+    assert not tloss.fused_ce_enabled()
+    monkeypatch.setenv("TNL_FUSED_CE", "fused")
+    with pytest.raises(ValueError, match="TNL_FUSED_CE"):
+        tloss.fused_ce_enabled()
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_all_targets_ignored_gives_zero_loss_and_zero_grads(triton_backend, monkeypatch, fused):
     if not fused:

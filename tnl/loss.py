@@ -12,7 +12,7 @@ plus one (chunk, V) block of logits, never N x V. The same idea as liger-kernel'
 tnl.models.common.lm_head_loss takes this path when `use_fused_ce` says so: gradients needed, the op facade's backend
 is Triton (CUDA, or TNL_KERNEL_BACKEND=triton on CPU = Triton's interpreter), fp16/bf16/fp32 compute, and the path is
 not switched off: TNL_FUSED_CE=0 in the environment (read on every call, for A/B runs), or inside
-`fused_ce_disabled()` (the training engine wraps ZeRO-3 models in it: see tnl/train/engine.py).
+`fused_ce_disabled()` (the training engine wraps ZeRO-3 models in it: see tnl/train/engine.py) unless TNL_FUSED_CE=1.
 """
 
 from __future__ import annotations
@@ -42,10 +42,20 @@ def fused_ce_disabled():
         _disabled -= 1
 
 
+_ENV_ON, _ENV_OFF = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
+
+
 def fused_ce_enabled() -> bool:
-    """False inside `fused_ce_disabled()` or when TNL_FUSED_CE is 0/false/off/no."""
+    """TNL_FUSED_CE (read on every call): unset/auto -> on except inside `fused_ce_disabled()`; 1/on -> on even
+    there (to try the fused loss under ZeRO-3); 0/off -> off."""
     env = os.environ.get("TNL_FUSED_CE", "").strip().lower()
-    return _disabled == 0 and env not in ("0", "false", "off", "no")
+    if env in ("", "auto"):
+        return _disabled == 0
+    if env in _ENV_ON:
+        return True
+    if env in _ENV_OFF:
+        return False
+    raise ValueError(f"TNL_FUSED_CE must be auto, on/1 or off/0 (or unset), got {os.environ['TNL_FUSED_CE']!r}")
 
 
 def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
