@@ -323,6 +323,7 @@ def test_gpu_bf16_at_model_size_against_fp32(autocast):
     dtype = torch.float32 if autocast else torch.bfloat16
     hl, wl = h.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        assert tloss.use_fused_ce(hl, wl)  # what lm_head_loss takes on CUDA when training
         loss = tloss.fused_linear_cross_entropy(hl, wl, t, chunk)
     loss.backward()
     assert hl.grad.dtype == dtype and wl.grad.dtype == dtype

@@ -140,8 +140,9 @@ class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         dh, dw = ctx.saved_tensors
-        gh = None if dh is None else (dh * grad_loss.to(dh.dtype)).to(ctx.dtypes[0])
-        gw = None if dw is None else (dw * grad_loss.to(dw.dtype)).to(ctx.dtypes[1])
+        g = grad_loss.to(torch.float32)  # multiplied in fp32: a bf16 tensor times a 0-d one would round g to bf16
+        gh = None if dh is None else (dh.to(torch.float32) * g).to(ctx.dtypes[0])
+        gw = None if dw is None else (dw.to(torch.float32) * g).to(ctx.dtypes[1])
         return gh, gw, None, None, None, None
 
 
