@@ -6,6 +6,7 @@ the loss, d hidden and d weight, on fresh random inputs with awkward shapes (row
 chunk sizes that do not divide N, one row) and ignored targets, including a whole ignored chunk.
 """
 
+import importlib
 import os
 
 import pytest
@@ -257,6 +258,24 @@ def test_model_gradients_equal_with_fused_and_torch_loss(monkeypatch, arch):
     assert g_t.keys() == g_f.keys()
     for name in g_t:
         assert rel_err(g_f[name], g_t[name]) < 1e-5, name
+
+
+def test_inside_torch_compile(triton_backend, monkeypatch):
+    """Under torch.compile (dynamo only: backend "eager") the fused call runs eagerly behind a graph break, once."""
+    h, w, t = make(2 * 25, 16, 300, torch.float32, seed=15, ignore=[3])
+    calls = []
+    real = tloss._FusedLinearCE.apply
+    monkeypatch.setattr(tloss._FusedLinearCE, "apply", lambda *a: calls.append(1) or real(*a))
+
+    def f(hh, ww, tt, c):
+        return lm_head_loss(torch.tanh(hh).view(2, 25, 16), ww, tt.view(2, 25), c) * 2
+
+    dynamo = importlib.import_module("torch._dynamo")
+    dynamo.reset()
+    got = run(torch.compile(f, backend="eager"), h, w, t, 8)
+    want = run(f, h, w, t, 8)
+    assert calls == [1, 1]
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
 
 
 def test_autocast_fp16_computes_in_fp16_and_returns_fp32_grads(triton_backend):
