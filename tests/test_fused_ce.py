@@ -176,6 +176,23 @@ def test_lm_head_loss_keeps_the_torch_path(triton_backend, monkeypatch, how):
     assert rel_err(got[1], rdh) < 1e-5 and rel_err(got[2], rdw) < 1e-5
 
 
+def test_zero3_root_module_keeps_the_torch_path(monkeypatch):
+    """The engine's ZeRO-3 wrapper (LossOnly) runs the model inside fused_ce_disabled(); plain models do not."""
+    import tnl.models.common as common
+    from tnl.models import build_model
+    from tnl.train.engine import LossOnly
+
+    monkeypatch.delenv("TNL_FUSED_CE", raising=False)
+    seen = []
+    monkeypatch.setattr(common, "use_fused_ce", lambda h, w: seen.append(tloss.fused_ce_enabled()) or False)
+    model = build_model(dict(arch="tnl", vocab_size=61, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                             intermediate_size=40))
+    ids = torch.randint(0, 61, (1, 9))
+    model(ids, ids)
+    LossOnly(model)(ids, ids)
+    assert seen == [True, False] and tloss.fused_ce_enabled()
+
+
 def test_env_switch_overrides_the_context_and_rejects_typos(monkeypatch):
     monkeypatch.delenv("TNL_FUSED_CE", raising=False)
     assert tloss.fused_ce_enabled()
