@@ -43,6 +43,17 @@ def poison_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(real_like(*a, **kw)))
 
 
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> list[str]:
+    """The demo corpus prepared once per test module; the overrides that point a training run at it."""
+    import tnl.data
+    from tnl.train.config import compose, to_dict
+
+    overrides = ["data=demo", f"data.dir={tmp_path_factory.mktemp('demo') / 'prepared'}"]
+    tnl.data.prepare(to_dict(compose(overrides).data))
+    return overrides
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu` tests where CUDA is absent instead of failing them (`make test` deselects them anyway)."""
     try:

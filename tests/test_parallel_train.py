@@ -4,15 +4,14 @@ run on one process step for step: same data, same loss at every step (fp32), sam
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from procs import repo_env
+from procs import free_port, repo_env
 
-from tnl.train.config import ConfigError, compose, to_dict
+from tnl.train.config import ConfigError, compose
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = ["model=tnl_tiny", "trainer.seq_len=32", "trainer.micro_batch_size=2", "trainer.max_steps=4",
@@ -20,25 +19,10 @@ RUN = ["model=tnl_tiny", "trainer.seq_len=32", "trainer.micro_batch_size=2", "tr
        "deepspeed.precision=fp32", "optim.lr=1e-2", "optim.warmup_steps=1"]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> list[str]:
-    import tnl.data
-
-    overrides = ["data=demo", f"data.dir={tmp_path_factory.mktemp('demo') / 'prepared'}"]
-    tnl.data.prepare(to_dict(compose(overrides).data))
-    return overrides
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(args: list[str], ranks: int) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "scripts/train.py", *args] if ranks == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(_port()),
-        "scripts/train.py", *args]
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+        "--master_port", str(free_port()), "scripts/train.py", *args]
     env = repo_env(OMP_NUM_THREADS="1")
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 

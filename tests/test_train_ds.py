@@ -5,16 +5,15 @@ for data preparation on first use and the clear errors."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from procs import repo_env
+from procs import free_port, repo_env
 
-from tnl.train.config import compose, to_dict
+from tnl.train.config import compose
 
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"
@@ -23,31 +22,15 @@ FAST = ["trainer.seq_len=32", "trainer.micro_batch_size=4", "optim.lr=1e-2", "op
         "optim.min_lr_ratio=1", "trainer.eval_every=3", "trainer.eval_batches=2"]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> list[str]:
-    """The demo corpus prepared once for this module; the overrides that point a run at it."""
-    import tnl.data
-
-    overrides = ["data=demo", f"data.dir={tmp_path_factory.mktemp('demo') / 'prepared'}"]
-    tnl.data.prepare(to_dict(compose(overrides).data))
-    return overrides
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(args: list[str], env: dict | None = None, ranks: int = 2, torchrun: bool = False
            ) -> subprocess.CompletedProcess:
     if ranks == 1:
         cmd = [sys.executable, "scripts/train.py", *args]
     elif torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-               str(_port()), "scripts/train.py", *args]
+               str(free_port()), "scripts/train.py", *args]
     else:
-        cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(_port()), "scripts/train.py", *args]
+        cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port()), "scripts/train.py", *args]
     full_env = repo_env(OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
 
