@@ -23,6 +23,11 @@ from tnl.models.common import lm_head_loss
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
 
+# torch caches its set of factory functions (torch.empty, ...) on first use, for `with torch.device(...)` and dynamo.
+# Filled while poison_empty's stand-ins are installed (the torch.compile test below can be the first user), the cache
+# would hold those and every later `with torch.device("meta")` in this process would allocate for real (tnl_15b OOM).
+torch.utils._device._device_constructors()
+
 # relative Frobenius error of the gradients vs float64; the loss is compared absolutely (it is O(log V))
 # fp16: logits and dlogits are rounded to fp16 (one ulp 1e-3 relative) before each product. Worst of 6 seeds at
 # (50, 24, 1000): grads fp32 3.3e-7, fp16 4.3e-4; loss fp32 1e-6, fp16 1e-4 (absolute)
