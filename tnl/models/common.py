@@ -62,8 +62,8 @@ def lm_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
     - fused (training on the Triton backend, see tnl.loss.use_fused_ce): each chunk's gradients are computed inside
       the forward by tnl.loss.fused_linear_cross_entropy; 3 vocab-sized matmuls per chunk, logits kept in the
       compute dtype;
-    - torch (eval, CPU, fp64, or TNL_FUSED_CE=0): fp32 log-softmax per chunk, each chunk checkpointed (recomputed in
-      backward: 4 vocab-sized matmuls per chunk).
+    - torch (eval, CPU, fp64, ZeRO-3 via tnl.train.engine, or TNL_FUSED_CE=0): fp32 log-softmax per chunk, each chunk
+      checkpointed (recomputed in backward: 4 vocab-sized matmuls per chunk).
     hidden: (B, T, D); weight: (V, D); targets: (B, T) int64.
     """
     h = hidden.reshape(-1, hidden.shape[-1])
