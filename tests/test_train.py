@@ -61,6 +61,7 @@ def test_experiments_compose(name):
     ("trainer.seq_len=0", "trainer.seq_len"),
     ("deepspeed.precision=fp8", "deepspeed.precision"),
     ("logger.name=mlflow", "logger.name"),
+    ("trainer.compile=tensorrt", "trainer.compile"),
 ])
 def test_bad_override_is_one_clear_line(override, needle):
     with pytest.raises(ConfigError) as err:
@@ -315,3 +316,10 @@ def test_export_cli_errors(tmp_path, capsys):
     assert "no complete checkpoint" in capsys.readouterr().err
     assert cli(["bogus"]) == 2
     assert "expected run_dir=PATH" in capsys.readouterr().err
+
+
+def test_compile_refused_under_zero3():
+    from tnl.train.engine import compile_blocks
+
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        compile_blocks(nn.Module(), "eager", 3)

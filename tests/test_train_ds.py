@@ -110,6 +110,21 @@ def test_torchrun_zero1(demo, tmp_path):
     assert json.loads((run / "checkpoints/step_00000003/meta.json").read_text())["world_size"] == 2
 
 
+def test_compiled_blocks_train_like_eager(demo, tmp_path):
+    """trainer.compile: every block through torch.compile (the eager backend here: the same graph capture, no C++
+    build) gives the eager run's losses; parameter names, so checkpoints, are unchanged."""
+    args = ["model=tnl_tiny", "deepspeed=zero0", "trainer.max_steps=3", "trainer.save_every=0", "trainer.eval_every=0",
+            "trainer.export_hf=false", *FAST[:-2], *demo]
+    losses = {}
+    for backend in (None, "eager"):
+        run = tmp_path / str(backend)
+        extra = [f"trainer.compile={backend}"] if backend else []
+        r = launch([*args, *extra, f"run_dir={run}"], ranks=1)
+        assert r.returncode == 0, r.stderr[-3000:]
+        losses[backend] = [m["loss"] for m in metrics(run)]
+    assert losses["eager"] == pytest.approx(losses[None], rel=1e-5), losses
+
+
 def test_one_process_prepares_data_then_refuses_other_model(tmp_path):
     corpus = tmp_path / "corpus.txt"
     words = "the a river stone light house runs sings under over quickly slowly green old new".split()

@@ -40,6 +40,8 @@ class TrainerConfig:
     export_hf: bool = True  # write run_dir/hf at the end
     progress: str = "auto"  # auto | bar | log
     deterministic: bool = False  # torch deterministic algorithms on CUDA too (slower); always on on CPU
+    compile: Optional[str] = None  # torch.compile backend for each block ("inductor" fuses the elementwise ops
+    # around the matmuls; the LA2 and loss kernels stay outside the graphs); null: eager. Not with ZeRO-3.
 
 
 @dataclass
@@ -169,6 +171,8 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError("optim: need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0 and two betas")
     if cfg.logger.name not in ("none", "wandb", "tensorboard"):
         raise ConfigError(f"logger.name must be none, wandb or tensorboard, got {cfg.logger.name!r}")
+    if t.compile is not None and t.compile not in ("inductor", "eager", "aot_eager", "cudagraphs"):
+        raise ConfigError(f"trainer.compile must be null, inductor, eager, aot_eager or cudagraphs, got {t.compile!r}")
     if t.progress not in ("auto", "bar", "log"):
         raise ConfigError(f"trainer.progress must be auto, bar or log, got {t.progress!r}")
     if "arch" not in cfg.model:

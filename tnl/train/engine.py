@@ -26,6 +26,15 @@ log = logging.getLogger("tnl.train")
 KILL_DURING_SAVE = "TNL_FAULT_KILL_DURING_SAVE"
 
 
+def compile_blocks(model: torch.nn.Module, backend: str, zero_stage: int) -> None:
+    """torch.compile each transformer block in place (parameter names unchanged, so checkpoints and exports are
+    the same). ZeRO-3's parameter hooks and compiled graphs do not mix: refused there."""
+    if zero_stage == 3:
+        raise ConfigError("trainer.compile is not supported with ZeRO-3 (deepspeed.stage=3); leave it null")
+    for block in model.layers:
+        block.compile(backend=backend)
+
+
 def build_model(model_cfg: dict, ds_config: dict | None = None, zero_init: bool = False) -> torch.nn.Module:
     """tnl.models.build_model with config errors turned into one-line ConfigErrors; optionally ZeRO-3 partitioned."""
     from tnl.models import build_model as build
@@ -77,6 +86,8 @@ class Session:
         seed_everything(cfg.seed, device.type, t.deterministic)
         model = build_model(model_cfg, self.ds_config, cfg.deepspeed.zero_init)
         self.flops_per_token = float(model.flops_per_token(t.seq_len))
+        if t.compile:
+            compile_blocks(model, t.compile, cfg.deepspeed.stage)
         if cfg.deepspeed.stage == 3:
             model = LossOnly(model)
         optimizer = build_optimizer(model, cfg.optim, device.type, cpu_offload=cfg.deepspeed.offload_optimizer)
