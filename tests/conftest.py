@@ -32,6 +32,14 @@ def poison_empty(monkeypatch):
     write cannot pass a comparison. Use with `pytestmark = pytest.mark.usefixtures("poison_empty")`."""
     import torch
 
+    # torch caches its set of factory functions on first use (for `with torch.device(...)` and dynamo); filled while
+    # the stand-ins below are installed, it would keep them, and later meta-device builds would allocate for real.
+    try:
+        from torch.utils._device import _device_constructors
+
+        _device_constructors()
+    except ImportError:  # pragma: no cover - a torch without this private cache has nothing to fill
+        pass
     real_empty, real_like = torch.empty, torch.empty_like
 
     def poison(t):
