@@ -3,6 +3,7 @@
     python scripts/prepare_data.py data=gutenberg                 # Hydra overrides, composed like train.py
     python scripts/prepare_data.py data.inputs=[my/*.jsonl.gz] data.text_field=content data.vocab_size=8192
     python scripts/prepare_data.py data=demo --force              # rebuild even when up to date
+    python scripts/prepare_data.py data=gutenberg data.mix={tinyshakespeare:0.1}   # + a mixture member
 
 A no-op when data.dir is already up to date. Bad input ends with one error line and exit status 2.
 """
@@ -23,6 +24,13 @@ def main(argv: list[str]) -> int:
     try:
         cfg = compose([a for a in argv if a != "--force"])
         out = prepare(cfg.data, force=force)
+        if cfg.data.get("mix"):  # mixture members, tokenized with this dataset's tokenizer (as training does)
+            from tnl.train.run import SetupError, mixture_sources
+
+            try:
+                mixture_sources(cfg, Path(out), rank=0)
+            except SetupError as e:
+                raise DataError(str(e)) from None
     except (ConfigError, DataError) as e:
         print(f"prepare_data: error: {e}", file=sys.stderr)
         return 2

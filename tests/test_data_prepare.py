@@ -251,3 +251,25 @@ def test_cli_bad_input_one_line_no_traceback(tmp_path, case):
 
     assert re.search(pattern, lines[0]) and "Traceback" not in r.stderr + r.stdout
     assert read_manifest(tmp_path / "out") is None
+
+
+@pytest.mark.parametrize("mix, weight, needle", [
+    ({"other": -1}, 1.0, "non-negative"),
+    ({"other": 0}, 0.0, "positive sum"),
+    (["other"], 1.0, "name:weight"),
+    ({"other": "heavy"}, 1.0, "must be a number"),
+    (42, 1.0, "data.mix must map"),
+])
+def test_mixture_options_are_checked(mix, weight, needle):
+    from tnl.data import DataConfig, DataError
+
+    with pytest.raises(DataError, match=needle):
+        DataConfig.from_mapping({"name": "x", "inputs": ["a.txt"], "mix": mix, "weight": weight})
+
+
+def test_mixture_spellings_agree():
+    from tnl.data.config import parse_mix
+
+    assert parse_mix({"a": 1, "b": 0.5}) == parse_mix(["a:1", "b:0.5"]) == {"a": 1.0, "b": 0.5}
+    assert parse_mix(["cfg/x.yaml:0.25", "cfg/x.yaml:0.25"]) == {"cfg/x.yaml": 0.5}
+    assert parse_mix(None) == {}

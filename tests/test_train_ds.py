@@ -125,6 +125,33 @@ def test_compiled_blocks_train_like_eager(demo, tmp_path):
     assert losses["eager"] == pytest.approx(losses[None], rel=1e-5), losses
 
 
+def test_data_mixture_uses_the_primary_tokenizer_and_resumes_only_with_the_same_weights(demo, tmp_path):
+    """data.mix: a second corpus (a data config file) is tokenized with the primary's tokenizer into its own dir and
+    drawn from by weight; resuming with other weights is refused."""
+    corpus = tmp_path / "words.txt"
+    words = "alpha beta gamma delta river stone light house".split()
+    g = torch.Generator().manual_seed(1)
+    corpus.write_text("\n\n".join(" ".join(words[i] for i in torch.randint(0, len(words), (20,), generator=g))
+                                   for _ in range(400)))
+    member = tmp_path / "words.yaml"
+    member.write_text(f"name: words\ninputs: ['{corpus}']\ndoc_separator: \"\\n\\n\"\nval_fraction: 0.1\n"
+                      f"dir: {tmp_path / 'prep_words'}\n")
+    run = tmp_path / "run"
+    args = ["model=tnl_tiny", "deepspeed=zero0", "trainer.max_steps=3", "trainer.save_every=3",
+            "trainer.eval_every=0", "trainer.export_hf=false", *FAST[:-2], *demo, f"run_dir={run}"]
+    r = launch([*args, f"data.mix=['{member}:0.5']"], ranks=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "training mixture" in r.stderr
+    prepared = tmp_path / "prep_words.tok-demo"
+    primary = Path(demo[1].split("=", 1)[1])
+    tok = [json.loads((d / "manifest.json").read_text())["tokenizer"]["sha256"] for d in (primary, prepared)]
+    assert tok[0] == tok[1]
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3]
+
+    r = launch([*args, "trainer.max_steps=4", f"data.mix=['{member}:0.9']"], ranks=1)
+    assert r.returncode == 1 and "mixture weights" in r.stderr, r.stderr[-2000:]
+
+
 def test_one_process_prepares_data_then_refuses_other_model(tmp_path):
     corpus = tmp_path / "corpus.txt"
     words = "the a river stone light house runs sings under over quickly slowly green old new".split()

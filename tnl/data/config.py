@@ -17,6 +17,29 @@ class DataError(ValueError):
     """Bad data input or config: the message names the problem (the CLI prints it as one line)."""
 
 
+def parse_mix(mix: Any) -> dict[str, float]:
+    """data.mix as {data config name or .yaml path: weight}, from a mapping or a list of "name:weight" strings."""
+    if mix is None:
+        return {}
+    if isinstance(mix, Mapping):
+        items = list(mix.items())
+    elif isinstance(mix, (list, tuple)) and all(isinstance(x, str) and ":" in x for x in mix):
+        items = [tuple(x.rsplit(":", 1)) for x in mix]
+    else:
+        raise DataError(f"data.mix must map data config names to weights ({{name: weight}} or ['name:weight', ...]), "
+                        f"got {mix!r}")
+    out: dict[str, float] = {}
+    for name, w in items:
+        try:
+            weight = float(w)
+        except (TypeError, ValueError):
+            raise DataError(f"data.mix: weight of {name!r} must be a number, got {w!r}") from None
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"data.mix: member names must be non-empty strings, got {name!r}")
+        out[name.strip()] = out.get(name.strip(), 0.0) + weight
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """One dataset. Paths are used as given (Hydra resolves `${data.root}`); relative ones are relative to the cwd."""
@@ -36,6 +59,12 @@ class DataConfig:
     shard_tokens: int = 1 << 28  # tokens per shard file before a new one starts
     num_workers: int | None = None  # tokenizer processes; None: all cores
     seed: int = 0
+    # Training mixtures (read by the trainer, not by prepare): other data configs (a configs/data name or a .yaml
+    # path) -> weight, each tokenized with THIS dataset's tokenizer and drawn from with probability proportional to
+    # its weight against `weight` (this dataset's). Validation uses this dataset's split only.
+    # Also a list of "name:weight" strings, which the command line accepts for paths: data.mix=['cfg/x.yaml:0.5'].
+    mix: Any = None
+    weight: float = 1.0
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> DataConfig:
@@ -66,6 +95,11 @@ class DataConfig:
         return self
 
     def _check(self) -> None:
+        mix = parse_mix(self.mix)
+        weights = [self.weight, *mix.values()]
+        if any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights) or sum(weights) <= 0:
+            raise DataError(f"data.weight and data.mix weights must be non-negative numbers with a positive sum, "
+                            f"got weight={self.weight!r}, mix={dict(mix)!r}")
         if not 0.0 <= float(self.val_fraction) < 1.0:
             raise DataError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.vocab_size < 300:

@@ -71,7 +71,7 @@ class LossOnly(torch.nn.Module):
 
 class Session:
     def __init__(self, cfg: DictConfig, env: dist.DistEnv, device: torch.device, run_dir: Path, data_dir: Path,
-                 model_cfg: dict):
+                 model_cfg: dict, train_sources: dict[str, float] | None = None):
         from tnl.data import PackedLoader
 
         self.cfg, self.env, self.device, self.run_dir, self.data_dir = cfg, env, device, run_dir, data_dir
@@ -106,7 +106,8 @@ class Session:
         except ValueError as err:
             raise ConfigError(str(err)) from None
         loader_kw = dict(rank=sp.dp_rank, world_size=sp.dp_size, seed=cfg.seed, cu_seqlens=t.cu_seqlens)
-        train_loader = PackedLoader(data_dir, "train", t.seq_len, t.micro_batch_size, **loader_kw)
+        # the training mixture when data.mix is set (validation stays on the primary dataset)
+        train_loader = PackedLoader(train_sources or data_dir, "train", t.seq_len, t.micro_batch_size, **loader_kw)
         make_val = None
         if t.eval_every:
             make_val = lambda: PackedLoader(data_dir, "val", t.seq_len, t.micro_batch_size, **loader_kw)

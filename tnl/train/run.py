@@ -93,6 +93,61 @@ def prepare_data(cfg: DictConfig, rank: int) -> Path:
         raise SetupError(str(err)) from None
 
 
+def _mix_member(name: str, primary: dict, primary_dir: Path) -> dict:
+    """The data config of one mixture member, re-targeted to the primary dataset's tokenizer and vocab (its shards go
+    to `<its dir>.tok-<primary name>`, so a copy prepared with its own tokenizer is left alone)."""
+    from tnl.train.config import compose
+
+    if name.endswith((".yaml", ".yml")):
+        if not Path(name).is_file():
+            raise SetupError(f"data.mix: no data config file {name!r}")
+        node = OmegaConf.load(name)
+        if "root" not in node:
+            node.root = primary.get("root", "data")
+        member = OmegaConf.to_container(OmegaConf.create({"data": node}).data, resolve=True)
+    else:
+        try:
+            member = to_dict(compose([f"data={name}", f"data.root={primary.get('root', 'data')}"]).data)
+        except ConfigError as err:
+            raise SetupError(f"data.mix: {err}") from None
+    member.update(tokenizer=str(primary_dir), vocab_size=primary["vocab_size"], mix=None, weight=1.0,
+                  dir=f"{member.get('dir') or Path('data/prepared') / member['name']}.tok-{primary['name']}")
+    return member
+
+
+def mixture_sources(cfg: DictConfig, primary_dir: Path, rank: int) -> dict[str, float] | None:
+    """{prepared dir: weight} of the training mixture (data.mix), preparing each member with the primary dataset's
+    tokenizer on first use; None when data.mix is empty."""
+    import tnl.data
+
+    primary = to_dict(cfg.data)
+    try:
+        mix = tnl.data.config.parse_mix(primary.get("mix"))
+    except ValueError as err:
+        raise SetupError(str(err)) from None
+    if not mix:
+        return None
+    members = [(_mix_member(name, primary, primary_dir), float(w)) for name, w in mix.items()]
+
+    def build():
+        for member, _ in members:
+            if not tnl.data.is_prepared(member):
+                log.info("mixture member %r is not prepared in %s: preparing it now (primary's tokenizer)",
+                         member.get("name"), member.get("dir"))
+            tnl.data.prepare(member)
+
+    _on_rank0_then_share(build, rank)
+    try:
+        sources = {str(primary_dir): float(primary.get("weight", 1.0))}
+        for member, w in members:
+            d = str(tnl.data.prepare(member))  # up to date now: a no-op on every rank
+            sources[d] = sources.get(d, 0.0) + w
+    except (ValueError, OSError) as err:
+        raise SetupError(str(err)) from None
+    log.info("training mixture: %s", ", ".join(f"{d} x {w:g}" for d, w in sources.items()))
+    return sources
+
+
 def check_vocab(data_dir: Path, model_cfg: dict) -> None:
     import tnl.data
 
@@ -126,11 +181,13 @@ def main(cfg: DictConfig) -> int:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     data_dir = prepare_data(cfg, env.rank)
+    sources = mixture_sources(cfg, data_dir, env.rank)
     model_cfg = to_dict(cfg.model)
     check_vocab(data_dir, model_cfg)
     from tnl.train.engine import Session  # heavy imports (deepspeed) only past the dry run
 
-    session = Session(cfg, env, device, run_dir, data_dir, model_cfg)  # refuses an incompatible checkpoint
+    session = Session(cfg, env, device, run_dir, data_dir, model_cfg,  # refuses an incompatible checkpoint
+                      train_sources=sources)
     if env.is_main:
         write_config(cfg, run_dir)
     try:
