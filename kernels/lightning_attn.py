@@ -11,6 +11,8 @@ Two algorithms, chosen per phase by the config key ALGO (la2_config):
   backward when the backward cuts segments the same way.
 """
 
+import weakref
+
 import torch
 import triton
 
@@ -23,6 +25,26 @@ from .la2_fwd import la2_fwd_out_kernel, la2_fwd_state_kernel, la2_seg_scan_kern
 def _prec(dtype: torch.dtype) -> str:
     # fp32 inputs get true fp32 products (tl.dot would use tf32 otherwise); bf16/fp16 ignore it.
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+# Varlen tables (chunk and segment indices) cost a host sync to build. Every layer of a model step passes the same
+# cu_seqlens tensor, so they are kept per tensor object and in-place version (weakly: dropped with the tensor): one
+# sync per step instead of one per layer and pass, which otherwise stalls the CPU's run-ahead of the GPU each time.
+_varlen_cache: dict[int, tuple] = {}
+
+
+def _cached_table(cu_seqlens: torch.Tensor, key, build):
+    if cu_seqlens.is_inference():  # no version counter to trust: build every time
+        return build()
+    ident = id(cu_seqlens)
+    entry = _varlen_cache.get(ident)
+    if entry is None or entry[0]() is not cu_seqlens or entry[1] != cu_seqlens._version:
+        ref = weakref.ref(cu_seqlens, lambda _, ident=ident: _varlen_cache.pop(ident, None))
+        entry = _varlen_cache[ident] = (ref, cu_seqlens._version, {})
+    tables = entry[2]
+    if key not in tables:
+        tables[key] = build()
+    return tables[key]
 
 
 def _chunk_tables(cu_seqlens: torch.Tensor, BT: int):
@@ -78,7 +100,8 @@ class _Plan:
         SEGTOK = max(1, SEGT // BT) * BT if SEGT > 0 else (1 << 30)
         SEGTOK = min(SEGTOK, max(BT, (2**31 - 1) // self.tok_stride // BT * BT))
         if SEGTOK not in self._segs:
-            self._segs[SEGTOK] = _fused_segments(self, SEGTOK)
+            self._segs[SEGTOK] = (_cached_table(self.cu_seqlens, ("segs", SEGTOK), lambda: _fused_segments(self, SEGTOK))
+                                  if self.varlen else _fused_segments(self, SEGTOK))
         return self._segs[SEGTOK]
 
     def chunks(self, BT):
@@ -86,7 +109,8 @@ class _Plan:
         sequence) for chunk length BT."""
         if BT not in self._tables:
             if self.varlen:
-                off, idx, total, most = _chunk_tables(self.cu_seqlens, BT)
+                off, idx, total, most = _cached_table(self.cu_seqlens, ("chunks", BT),
+                                                      lambda: _chunk_tables(self.cu_seqlens, BT))
                 self._tables[BT] = (off, idx, total, total, most)
             else:
                 nt = triton.cdiv(self.T, BT)

@@ -165,3 +165,32 @@ def test_default_algorithm_and_env_override(monkeypatch):
     monkeypatch.setenv("TNL_LA2_ALGO", "chunk")
     assert algos(128, 128, torch.bfloat16, 16) == ("chunk", "chunk")
     assert algos(128, 128, torch.bfloat16, 16, override={"bwd": {"ALGO": "fused"}}) == ("chunk", "fused")
+
+
+@pytest.mark.parametrize("algo", ["chunk", "fused"])
+def test_varlen_tables_built_once_per_cu_seqlens(algo, monkeypatch):
+    """Layers sharing one cu_seqlens tensor build its chunk/segment tables (a host sync) once; an in-place change
+    of the tensor rebuilds them, and the results stay right."""
+    import tnl_kernels.lightning_attn as la
+
+    builds = []
+    for name in ("_chunk_tables", "_fused_segments"):
+        real = getattr(la, name)
+        monkeypatch.setattr(la, name, lambda *a, real=real, name=name: builds.append(name) or real(*a))
+    g = torch.Generator().manual_seed(61)
+    q, k = torch.randn(1, 70, 2, 16, generator=g), torch.randn(1, 70, 2, 16, generator=g)
+    v, slope = torch.randn(1, 70, 2, 32, generator=g), torch.rand(2, generator=g) * 0.3
+    cu = torch.tensor([0, 9, 10, 70], dtype=torch.int32)
+    cfg = {"fwd": {"ALGO": algo, "BT": 16, "SEGT": 32}, "bwd": {"ALGO": algo, "BT": 16, "SEGT": 32}}
+    ref = lightning_attn_recurrent(q.double(), k.double(), v.double(), slope, None, cu)[0]
+    for _ in range(3):
+        o = tnl_kernels.lightning_attn_triton(q, k, v, slope, None, False, cu, config=cfg)[0]
+        assert rel_err(o, ref) < 1e-5
+    first = len(builds)
+    assert first >= 1
+    o = tnl_kernels.lightning_attn_triton(q, k, v, slope, None, False, cu, config=cfg)[0]
+    assert len(builds) == first  # cached
+    cu[2] = 40  # documents now [0, 9), [9, 40), [40, 70)
+    ref = lightning_attn_recurrent(q.double(), k.double(), v.double(), slope, None, cu)[0]
+    o = tnl_kernels.lightning_attn_triton(q, k, v, slope, None, False, cu, config=cfg)[0]
+    assert len(builds) > first and rel_err(o, ref) < 1e-5
