@@ -129,8 +129,8 @@ FUSED_CASES = {
     "packed_bf16": (1, 16384, 4, 128, 128, torch.bfloat16, True, True, "cu", {**FUSED, "SEGT": 2048},
                     {**FUSED, "SEGT": 2048}),
     "packed_D32_E16_bf16": (1, 4096, 4, 32, 16, torch.bfloat16, True, True, "cu", {**FUSED, "SEGT": 512}, FUSED),
-    "fwd_fused_bwd_chunk": (2, 5000, 4, 128, 128, torch.bfloat16, True, True, None, FUSED, {}),
-    "fwd_chunk_bwd_fused": (1, 16384, 4, 128, 128, torch.bfloat16, True, True, "cu", {}, FUSED),
+    "fwd_fused_bwd_chunk": (2, 5000, 4, 128, 128, torch.bfloat16, True, True, None, FUSED, {"ALGO": "chunk"}),
+    "fwd_chunk_bwd_fused": (1, 16384, 4, 128, 128, torch.bfloat16, True, True, "cu", {"ALGO": "chunk"}, FUSED),
 }
 
 
@@ -140,6 +140,27 @@ def test_lightning_attn_gpu_fused(name):
     seed = sum(map(ord, name))
     run_case(B, T, H, D, E, dtype, decay, with_h0, random_cu(T, seed) if cu == "cu" else None, seed,
              config={"fwd": cf, "bwd": cb})
+
+# CASES above run the defaults (the fused walk for 16-bit inputs, key dims > 128 split into 128-wide calls); these
+# keep the chunked algorithm and the unsplit 256-wide kernels covered in 16-bit too.
+CHUNK = {"ALGO": "chunk"}
+OTHER_PATHS = {
+    # name: (case of CASES, config)
+    "chunk_T65536_bf16": ("T65536_smallBH_bf16", {"fwd": CHUNK, "bwd": CHUNK}),
+    "chunk_T2048_bf16": ("T2048_largeBH_bf16", {"fwd": CHUNK, "bwd": CHUNK}),
+    "chunk_packed_bf16": ("packed_bf16", {"fwd": CHUNK, "bwd": CHUNK}),
+    "chunk_D32_E16_bf16": ("D32_E16_bf16", {"fwd": CHUNK, "bwd": CHUNK}),
+    "unsplit_D256_fused_bf16": ("D256_bf16", {"DMAX": 256, "fwd": {"ALGO": "fused"}, "bwd": {"ALGO": "fused"}}),
+}
+
+
+@pytest.mark.parametrize("name", list(OTHER_PATHS))
+def test_lightning_attn_gpu_other_paths(name):
+    case, config = OTHER_PATHS[name]
+    B, T, H, D, E, dtype, decay, with_h0, cu = CASES[case]
+    seed = sum(map(ord, name))
+    run_case(B, T, H, D, E, dtype, decay, with_h0, random_cu(T, seed) if cu == "cu" else None, seed, config=config)
+
 
 def test_lightning_attn_gpu_no_final_state():
     run_case(2, 3000, 4, 128, 128, torch.bfloat16, True, False, None, 7, with_final=False)
