@@ -104,6 +104,18 @@ def _enter(state, init, boff, i_n, i_s, ns, i_h, o_k, o_v, s_sr, s_sh, s_sk, s_s
 
 
 @triton.jit
+def _load_qkv(p_q, p_k, p_v, s_qt, s_kt, s_vt, t, m_t, o_k, o_v, m_k, m_v):
+    """One chunk's q, k (rows t, key columns o_k) and v (value columns o_v), zero outside the masks; and the
+    (row, key) and (row, value) masks for the stores."""
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_q = tl.load(p_q + t[:, None] * s_qt + o_k[None, :], mask=m_tk, other=0.0)
+    b_k = tl.load(p_k + t[:, None] * s_kt + o_k[None, :], mask=m_tk, other=0.0)
+    b_v = tl.load(p_v + t[:, None] * s_vt + o_v[None, :], mask=m_tv, other=0.0)
+    return b_q, b_k, b_v, m_tk, m_tv
+
+
+@triton.jit
 def la2_walk_kernel(
     q, k, v, o, state, init, fin, slope, cu_seqlens, seg_idx, boff,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh,
@@ -148,11 +160,7 @@ def la2_walk_kernel(
     for c in range(0, nc):
         t = c * BT + o_t
         m_t = t < n_tok
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
-        b_q = tl.load(p_q + t[:, None] * s_qt + o_k[None, :], mask=m_tk, other=0.0)
-        b_k = tl.load(p_k + t[:, None] * s_kt + o_k[None, :], mask=m_tk, other=0.0)
-        b_v = tl.load(p_v + t[:, None] * s_vt + o_v[None, :], mask=m_tv, other=0.0)
+        b_q, b_k, b_v, m_tk, m_tv = _load_qkv(p_q, p_k, p_v, s_qt, s_kt, s_vt, t, m_t, o_k, o_v, m_k, m_v)
         b_a = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
         if HAS_DECAY:
             L = tl.minimum(n_tok - c * BT, BT).to(tl.float32)
@@ -222,11 +230,7 @@ def la2_walk_dkv_kernel(
     for c in range(0, nc):
         t = c * BT + o_t
         m_t = t < n_tok
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
-        b_q = tl.load(p_q + t[:, None] * s_qt + o_k[None, :], mask=m_tk, other=0.0)
-        b_k = tl.load(p_k + t[:, None] * s_kt + o_k[None, :], mask=m_tk, other=0.0)
-        b_v = tl.load(p_v + t[:, None] * s_vt + o_v[None, :], mask=m_tv, other=0.0)
+        b_q, b_k, b_v, m_tk, m_tv = _load_qkv(p_q, p_k, p_v, s_qt, s_kt, s_vt, t, m_t, o_k, o_v, m_k, m_v)
         b_do = tl.load(p_do + t[:, None] * s_dt + o_v[None, :], mask=m_tv, other=0.0)
         b_gc = b_g.to(b_q.dtype)
         # dv, then dk, each stored before the next is formed (shorter live ranges); then the state
