@@ -19,3 +19,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _gloo_entry(rank: int, world: int, init_file: str, fn, args: tuple) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_gloo(fn, world: int, *args) -> None:
+    """Run fn(rank, world, *args) in `world` processes joined in a gloo process group (fn: a module-level function,
+    so the spawned processes can import it); an exception in any rank fails the caller."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_gloo_entry, args=(world, os.path.join(tmp, "init"), fn, args), nprocs=world, join=True)

@@ -9,14 +9,13 @@ import copy
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import yaml
+from procs import spawn_gloo
 
 from numerics import rel_err
 
@@ -62,21 +61,16 @@ def _check(rank, P, name, B, T, docs, ckpt):
         assert err < GRAD_TOL, f"{name} rank {rank}: gradient of {pname} off by {err:.2e}"
 
 
-def _worker(rank, P, init_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=P)
-    try:
-        T = 24
-        _check(rank, P, "batched", 2, T, None, False)
-        _check(rank, P, "packed", 1, T, [0, 5, 17, T], False)  # document 5..17 crosses chunk boundaries
-        _check(rank, P, "packed_ckpt", 1, T, [0, 9, T], True)
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, P):
+    T = 24
+    _check(rank, P, "batched", 2, T, None, False)
+    _check(rank, P, "packed", 1, T, [0, 5, 17, T], False)  # document 5..17 crosses chunk boundaries
+    _check(rank, P, "packed_ckpt", 1, T, [0, 9, T], True)
 
 
 @pytest.mark.parametrize("P", [2, 4])
 def test_tnl_tiny_sequence_parallel_matches_one_rank(P):
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(P, os.path.join(tmp, "init")), nprocs=P, join=True)
+    spawn_gloo(_worker, P)
 
 
 @pytest.mark.parametrize("ckpt", [False, True])

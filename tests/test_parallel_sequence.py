@@ -6,13 +6,10 @@ against the truth. Cases: decay and no decay, batched rows, packed documents cro
 exactly at a chunk start, a document spanning a whole chunk), unequal chunks. One spawn per world size runs all
 cases (process start-up dominates the cost)."""
 
-import os
-import tempfile
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from procs import spawn_gloo
 
 from numerics import rel_err
 
@@ -74,20 +71,15 @@ def _run_case(rank, P, case):
         assert rel_err(o_alone, o_ref[:, s:e]) > 1e-3, f"{name}: chunk {rank} does not depend on its left context"
 
 
-def _worker(rank, P, init_file):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=P)
-    try:
-        torch.manual_seed(0)
-        for case in _cases(P):
-            _run_case(rank, P, case)
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, P):
+    torch.manual_seed(0)
+    for case in _cases(P):
+        _run_case(rank, P, case)
 
 
 @pytest.mark.parametrize("P", [2, 4])
 def test_lightning_attn_sp_matches_single_process(P):
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(P, os.path.join(tmp, "init")), nprocs=P, join=True)
+    spawn_gloo(_worker, P)
 
 
 def test_one_rank_is_the_plain_op():
