@@ -84,15 +84,9 @@ def profile_steps(model, opt, vocab: int, B: int, T: int, device, dtype, steps: 
     return rows[:top]
 
 
-def compile_blocks(model) -> None:
-    """torch.compile each transformer block in place (the LA2 op stays outside the graphs: see tnl.models.tnl)."""
-    for block in model.layers:
-        block.compile()
-
-
 def bench_model(name: str, seq_lens: list[int], tokens: int, device, dtype, warmup: int, steps: int,
                 grad_ckpt: bool, peak, compile_: bool = False, profile: int = 0) -> list[dict]:
-    from tnl.models import build_model
+    from tnl.models import build_model, compile_blocks
 
     cfg = load_model_cfg(name)
     if grad_ckpt:

@@ -4,6 +4,7 @@
     out = model(input_ids, targets, cu_seqlens)   # out.loss, out.logits
     model.flops_per_token(seq_len)                # training FLOPs per token, for MFU
     count_parameters(cfg)                         # on the meta device, nothing allocated
+    compile_blocks(model, "inductor")             # torch.compile each block in place
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from tnl.models.config import ModelArgs
 from tnl.models.llama import LlamaLM
 from tnl.models.tnl import TnlLM, alibi_slopes, tnl_layer_slopes
 
-__all__ = ["LMOutput", "LlamaLM", "ModelArgs", "TnlLM", "alibi_slopes", "build_model", "count_parameters",
-           "tnl_layer_slopes"]
+__all__ = ["LMOutput", "LlamaLM", "ModelArgs", "TnlLM", "alibi_slopes", "build_model", "compile_blocks",
+           "count_parameters", "tnl_layer_slopes"]
 
 
 def _args(cfg: Mapping | ModelArgs) -> ModelArgs:
@@ -34,6 +35,13 @@ def build_model(cfg: Mapping | ModelArgs, device=None) -> nn.Module:
         return cls(args)
     with torch.device(device):
         return cls(args)
+
+
+def compile_blocks(model: nn.Module, backend: str = "inductor") -> None:
+    """torch.compile each transformer block in place: parameter names (so checkpoints and exports) are unchanged,
+    and the LA2 op stays outside the graphs (see tnl.models.tnl)."""
+    for block in model.layers:
+        block.compile(backend=backend)
 
 
 def count_parameters(cfg: Mapping | ModelArgs) -> int:

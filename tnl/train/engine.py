@@ -27,12 +27,13 @@ KILL_DURING_SAVE = "TNL_FAULT_KILL_DURING_SAVE"
 
 
 def compile_blocks(model: torch.nn.Module, backend: str, zero_stage: int) -> None:
-    """torch.compile each transformer block in place (parameter names unchanged, so checkpoints and exports are
-    the same). ZeRO-3's parameter hooks and compiled graphs do not mix: refused there."""
+    """tnl.models.compile_blocks for trainer.compile; refused under ZeRO-3 (its parameter hooks and compiled graphs
+    do not mix)."""
+    from tnl.models import compile_blocks as compile_each_block
+
     if zero_stage == 3:
         raise ConfigError("trainer.compile is not supported with ZeRO-3 (deepspeed.stage=3); leave it null")
-    for block in model.layers:
-        block.compile(backend=backend)
+    compile_each_block(model, backend)
 
 
 def build_model(model_cfg: dict, ds_config: dict | None = None, zero_init: bool = False) -> torch.nn.Module:
