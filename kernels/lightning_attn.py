@@ -30,6 +30,7 @@ def _prec(dtype: torch.dtype) -> str:
 # Varlen tables (chunk and segment indices) cost a host sync to build. Every layer of a model step passes the same
 # cu_seqlens tensor, so they are kept per tensor object and in-place version (weakly: dropped with the tensor): one
 # sync per step instead of one per layer and pass, which otherwise stalls the CPU's run-ahead of the GPU each time.
+# (tnl.ops remembers its value checks the same way; tnl_kernels does not import tnl, so the two stay separate.)
 _varlen_cache: dict[int, tuple] = {}
 
 
