@@ -8,6 +8,8 @@
 #   bash benchmarks/gpu_suite.sh kernels      # LA2 vs FA2 / OpenNLPLab / fla over T, head dims, packed       (~6 min)
 #   bash benchmarks/gpu_suite.sh tune         # LA2 block-size tuning -> $RESULTS/la2_tuned.json (copy to kernels/)
 #   bash benchmarks/gpu_suite.sh shapes       # LA2 chunk vs fused at model shapes (benchmarks/bench_la2_shapes.py)
+#   bash benchmarks/gpu_suite.sh profile      # LA2 fwd+bwd kernel by kernel (benchmarks/profile_la2.py)
+#   bash benchmarks/gpu_suite.sh ncu [SHAPE]  # Nsight Compute report of every LA2 kernel at one BxTxHxDxE shape
 #   bash benchmarks/gpu_suite.sh with TNL_LA2_ALGO=fused kernels   # any step with one more environment variable
 #   bash benchmarks/gpu_suite.sh decode       # decode ms/token, tnl_385m vs llama_385m, 1K..128K context    (~3 min)
 #   bash benchmarks/gpu_suite.sh throughput   # training tokens/s + peak memory over context 1K..64K          (~5 min)
@@ -48,6 +50,17 @@ case $step in
     "$PY" scripts/bench_kernels.py --out "$RESULTS" "$@" ;;
   shapes)
     "$PY" benchmarks/bench_la2_shapes.py --out "$RESULTS" "$@" ;;
+  profile)
+    "$PY" benchmarks/profile_la2.py --out "$RESULTS" "$@" ;;
+  ncu)
+    # Nsight Compute on every LA2 kernel of one fwd+bwd at one shape (default: the shape of record at T = 64K):
+    # speed of light, memory, occupancy, warp stalls; clocks left alone. Text report into $RESULTS.
+    shape=${1:-1x65536x16x128x128}
+    ncu --clock-control none --kernel-name regex:la2_ --launch-count 12 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section SchedulerStats \
+      "$PY" benchmarks/profile_la2.py --shapes "$shape" --iters 1 --no-breakdown \
+      > "$RESULTS/ncu_la2_${shape}_$(stamp).txt" 2>&1 ;;
   with)
     # with VAR=VALUE STEP [args]: one step with an extra environment variable (e.g. TNL_LA2_ALGO=fused)
     assign=${1:?usage: gpu_suite.sh with VAR=VALUE STEP [args]}; shift
