@@ -55,6 +55,11 @@ FWD += [
     {**F, "BV": 64, "warps": 4},
     {**F, "BV": 64, "warps": 4, "stages": 3},
     {**F, "BT": 32, "stages": 3},
+    # segment-sum pass (runs for few / mid pairs only): longer chunks, deeper pipeline, or half-width key tiles
+    # at 4 warps (2 programs per SM instead of 1; ncu: 1 per SM at 134 registers x 256 threads, 68% of DRAM peak)
+    {**F, "BV": 64, "warps": 4, "BTS": 128},
+    {**F, "BV": 64, "warps": 4, "stages_seg": 3},
+    {**F, "BV": 64, "warps": 4, "BKS": 64, "warps_seg": 4},
 ]
 BWD += [
     F,
@@ -67,6 +72,12 @@ BWD += [
     {**F, "DKV": True, "BT": 32},
     {**F, "BT": 32, "stages": 3},
     {**F, "BV": 64, "DKV": True},
+    # 4 warps at BV = 64 (2 programs per SM, as the tuned forward: ncu put the 8-warp walks at 1 program per SM,
+    # 255 registers with spills at 3 stages, 59-64% of DRAM peak), and 2 stages (no spill)
+    {**F, "BV": 64, "warps": 4},
+    {**F, "BV": 64, "warps": 4, "stages": 3},
+    {**F, "stages": 2},
+    {**F, "BV": 64, "warps": 4, "BKS": 64, "warps_seg": 4},
 ]
 
 

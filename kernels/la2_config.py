@@ -20,9 +20,9 @@ Keys of a "fused" phase config (the backward runs three walks, dq forward, dv an
   warps, stages   num_warps / num_stages of the walk
   DKV             (backward) true: dk and dv from one reversed walk holding the whole D x E state (reads q, k, v,
                   dO once: -2 units; more registers); only where next_pow2(D) * next_pow2(E) <= 128 * 128
-  BKS, BVS, BTS   key / value tiles and chunk length of the segment-sum pass (BKS, BVS also tile the segment scan;
-                  both run only when a sequence has more than one segment); warps_seg / stages_seg their launch
-                  parameters
+  BKS, BVS, BTS   key / value tiles and chunk length of the segment-sum pass (it and the segment scan, whose tiles
+                  are at most 32 x 32, run only when a sequence has more than one segment); warps_seg / stages_seg
+                  its launch parameters
 `la2_tuned.json` beside this file (written by benchmarks/tune_la2.py on a GPU) overrides the heuristic per key
 "<dtype>/D<D>/E<E>/<class>", class from the number of (sequence, head) pairs: few (<= 32), mid (<= 128), many.
 Without a tuned entry or override, each phase runs default_algo's choice (fused for 16-bit inputs, chunked for fp32

@@ -198,6 +198,9 @@ def _backward(plan, q, k, v, slope, h0, do, dht, cu_seqlens, need_dh0):
     return dq, dk, dv, dh0
 
 
+SCAN_TILE = 32  # key and value tile of the cross-segment scan
+
+
 class _FusedSegs:
     def __init__(self, SEGTOK, NSEG, n_seg, n_bnd, seg_idx=None, bnd_idx=None, boff=None):
         self.SEGTOK, self.NSEG, self.n_seg, self.n_bnd = SEGTOK, NSEG, n_seg, n_bnd
@@ -247,9 +250,12 @@ def _seg_states(plan, segs, c, k, v, slope, init, reverse):
             segs.SEGTOK, plan.H, DK, DV, c.get("BTS", c["BT"]), BK, BV)
     _launch(la2_segsum_kernel, (segs.n_bnd * plan.H * tiles,), args, dict(common, PREC=_prec(k.dtype)),
             c["warps_seg"], c["stages_seg"])
+    # the scan is a serial walk over a sequence's boundaries: small tiles give it many programs (an H100 spent
+    # 27-45 us per call in 16 programs of 128 x 128 at T = 64K, H = 16)
+    BK, BV = min(SCAN_TILE, BK), min(SCAN_TILE, BV)
+    tiles = triton.cdiv(DK, BK) * triton.cdiv(DV, BV)
     args = (buf, init, slope, plan.cu_seqlens, segs.boff, plan.T, segs.NSEG, segs.SEGTOK, plan.H, DK, DV, BK, BV)
-    _launch(la2_segscan_kernel, (plan.N * plan.H * tiles,), args, dict(common, USE_INIT=init is not None),
-            c["warps_seg"], 1)
+    _launch(la2_segscan_kernel, (plan.N * plan.H * tiles,), args, dict(common, USE_INIT=init is not None), 1, 1)
     return buf
 
 

@@ -22,7 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# As scripts/train.py: expandable segments against fragmentation at long contexts (before CUDA starts).
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SEQ_LENS = "1024,2048,4096,8192,16384,32768,65536"

@@ -11,7 +11,11 @@ Re-running the same command with the same run_dir resumes from its latest comple
 import os
 import sys
 
-from tnl.train.run import cli
+# Expandable segments: long contexts allocate activations of many sizes, and the caching allocator's fixed
+# segments fragment (a setting of the user's environment wins). Must be set before torch initialises CUDA.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+from tnl.train.run import cli  # noqa: E402
 
 if __name__ == "__main__":
     rc = cli(sys.argv[1:])

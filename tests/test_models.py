@@ -246,6 +246,41 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch):
         assert torch.allclose(pa.grad, pb.grad, atol=1e-6, rtol=1e-5), n
 
 
+def test_compiled_blocks_read_decay_rates_outside_the_graph_and_match_eager(monkeypatch):
+    """Each layer has its own decay rates (Python floats). Read inside a compiled block, dynamo guards on them, so
+    the block code shared by all layers recompiles per layer and, past torch's recompile limit, later layers run
+    eager without a word (seen with torch 2.11 on an H100: 8 of tnl_385m's 24 blocks compiled). They must be read
+    outside the graph, next to the LA2 op."""
+    import torch._dynamo
+
+    from tnl.models import compile_blocks
+    from tnl.models.tnl import NormLinearAttention
+
+    inside = []
+    slope = NormLinearAttention.slope
+
+    def watched(self, device):
+        inside.append(torch.compiler.is_compiling())
+        return slope(self, device)
+
+    monkeypatch.setattr(NormLinearAttention, "slope", watched)
+    torch.manual_seed(5)
+    a = build_model(tiny(num_hidden_layers=4))
+    b = build_model(tiny(num_hidden_layers=4))
+    b.load_state_dict(a.state_dict())
+    torch._dynamo.reset()
+    compile_blocks(b, "eager")
+    ids, t = torch.randint(0, 61, (2, 9)), torch.randint(0, 61, (2, 9))
+    la, lb = a(ids, t).loss, b(ids, t).loss
+    la.backward()
+    lb.backward()
+    torch._dynamo.reset()
+    assert len(inside) == 8 and not any(inside), inside
+    assert torch.allclose(la, lb, atol=1e-6)
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6, rtol=1e-5), n
+
+
 def test_llama_untied_has_lm_head_and_rope_restarts_per_document():
     model = build_model(tiny("llama", tie_word_embeddings=False))
     assert model.lm_head.weight.data_ptr() != model.embed_tokens.weight.data_ptr()

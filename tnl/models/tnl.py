@@ -32,23 +32,27 @@ from tnl.ops import lightning_attn, srms_norm
 LA2_FLOPS_BLOCK = 64
 
 
-def _attn_call(q, k, v, slope, state, return_state, cu_seqlens):
-    return lightning_attn(q, k, v, slope, initial_state=state, output_final_state=return_state, cu_seqlens=cu_seqlens)
+def _attn_call(q, k, v, slope_of, state, return_state, cu_seqlens):
+    return lightning_attn(q, k, v, slope_of(q.device), initial_state=state, output_final_state=return_state,
+                          cu_seqlens=cu_seqlens)
 
 
 _attn_outside_compile = None
 
 
-def _lightning_attn(q, k, v, slope, state, return_state, cu_seqlens):
+def _lightning_attn(q, k, v, slope_of, state, return_state, cu_seqlens):
     """The LA2 op, kept out of torch.compile graphs: it validates on the host and dispatches to its own kernels
     (Triton on CUDA), so one clean graph break per layer beats dynamo tracing into the facade. torch._dynamo is only
-    touched once something imported it (importing it costs seconds; without it nothing can be compiling)."""
+    touched once something imported it (importing it costs seconds; without it nothing can be compiling).
+    slope_of(device) gives the layer's decay rates; it is called outside the graph too, since dynamo would
+    otherwise guard on each layer's Python floats and recompile the shared block code once per layer (past its
+    recompile limit of 8 the remaining layers silently ran eager)."""
     global _attn_outside_compile
     if "torch._dynamo" not in sys.modules:
-        return _attn_call(q, k, v, slope, state, return_state, cu_seqlens)
+        return _attn_call(q, k, v, slope_of, state, return_state, cu_seqlens)
     if _attn_outside_compile is None:
         _attn_outside_compile = torch.compiler.disable(_attn_call)
-    return _attn_outside_compile(q, k, v, slope, state, return_state, cu_seqlens)
+    return _attn_outside_compile(q, k, v, slope_of, state, return_state, cu_seqlens)
 
 
 def alibi_slopes(n: int) -> list[float]:
@@ -133,18 +137,18 @@ class NormLinearAttention(nn.Module):
             q, k = self.lrpe(q, positions), self.lrpe(k, positions)
         if padding_mask is not None:  # padded tokens write nothing into the state (k^T 0 = 0)
             v = v * padding_mask[:, :, None, None].to(v.dtype)
-        slope = self.slope(x.device)
         if sp is not None:
             from tnl.parallel import lightning_attn_sp
 
-            o = lightning_attn_sp(q, k, v, slope, group=sp.group, cu_seqlens=cu_seqlens, carry_in=sp.shard.carry_in)
+            o = lightning_attn_sp(q, k, v, self.slope(x.device), group=sp.group, cu_seqlens=cu_seqlens,
+                                  carry_in=sp.shard.carry_in)
         elif T == 1 and state is not None:
             from tnl.ops import lightning_attn_step  # O(1) decode step
 
-            o, state = lightning_attn_step(q[:, 0], k[:, 0], v[:, 0], slope, state)
+            o, state = lightning_attn_step(q[:, 0], k[:, 0], v[:, 0], self.slope(x.device), state)
             o = o[:, None]
         else:
-            o, state = _lightning_attn(q, k, v, slope, state, return_state, cu_seqlens)
+            o, state = _lightning_attn(q, k, v, self.slope, state, return_state, cu_seqlens)
         o = srms_norm(o.reshape(B, T, D), self.eps)
         return self.out_proj(u * o), state
 
