@@ -91,17 +91,20 @@ def heuristic_fused(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
     else:
         walk = dict(BT=64, BV=128, warps=8 if big >= 128 else 4)
     fwd_walk = walk
+    bwd_walk = walk
     if dtype != torch.float32 and big == 128:
-        # tuned on an H100 in every shape class (results/tune_la2_*): a 64-wide value tile with 4 warps forward
-        # (0.47-0.75 vs 0.64-0.90 ms), 3 stages backward
-        fwd_walk = dict(walk, BV=64, warps=4)
+        # tuned on an H100 in every shape class (results/tune_la2_*): a 64-wide value tile with 4 warps, forward
+        # (0.47-0.75 vs 0.64-0.90 ms) and backward (fwd+bwd 1.87-2.36 vs 2.04-2.52 ms: two programs per SM, where
+        # ncu found the 8-warp walks at one, 255 registers and spilling), 3 stages backward
+        fwd_walk = bwd_walk = dict(walk, BV=64, warps=4)
     seg = 64 if dtype == torch.float32 else 128
     phase = dict(ALGO="fused", **walk, stages=2, SEGT=0 if shape_class(nh) == "many" else 4096,
                  BKS=min(seg, BD), BVS=min(seg, BE), BTS=64, warps_seg=8 if seg == 128 and big >= 128 else 4,
                  stages_seg=2)
     # merged dk/dv walk: no spill on sm_90 for 64-wide heads; 312 B of spill at 128 x 128 (not the default there)
     bwd_stages = 3 if dtype != torch.float32 and big == 128 else 2
-    return {"fwd": dict(phase, **fwd_walk), "bwd": dict(phase, stages=bwd_stages, DKV=big <= 64 and dtype != torch.float32)}
+    return {"fwd": dict(phase, **fwd_walk),
+            "bwd": dict(phase, **bwd_walk, stages=bwd_stages, DKV=big <= 64 and dtype != torch.float32)}
 
 
 ALGOS = ("chunk", "fused")
