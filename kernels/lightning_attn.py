@@ -363,11 +363,14 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
     Returns (o with v's shape and q's dtype, final_state float32 (N, H, D, E) or None).
     Differentiable in q, k, v and initial_state. Expects inputs already validated by tnl.ops.
     config: optional {"fwd": {...}, "bwd": {...}} overriding block sizes and the algorithm per phase
-    ({"ALGO": "fused", ...}; see la2_config; used by the tuner), and "DMAX" (default 128): a key dim above it is
-    cut into equal parts of at most DMAX, one kernel call each, outputs summed and final states concatenated.
-    That is exact, since the score q.k and therefore o are sums over key-dim parts and the state stacks along D,
-    and it keeps the state of the LRPE layer (D = 256) small enough for registers: its fused backward took 4.0 ms
-    at D = 256 against 2 x 0.64 predicted for two D = 128 calls (H100, benchmarks/NOTES.md).
+    ({"ALGO": "fused", ...}; see la2_config; used by the tuner), and "DMAX" / "EMAX" (default 128 each): a key
+    dim above DMAX is cut into equal parts of at most DMAX, one kernel call each, outputs summed (fp32) and final
+    states concatenated along D; a value dim above EMAX likewise into parts whose outputs and states are
+    concatenated along E. Both are exact (q.k is a sum over key-dim parts; output column e reads only column e of
+    v), and they keep every kernel call at the 128 x 128 state the blocks are tuned for: the fused walk took 4.0 ms
+    at the LRPE layer's D = 256 against 2 x 0.64 predicted for two D = 128 calls, and D = E = 256 with only the
+    key split ran its D = 128, E = 256 parts at 32-token chunks: 38 ms fwd+bwd against FA2's 31 (H200;
+    benchmarks/NOTES.md).
     """
     B, H = q.shape[0], q.shape[2]
     if (H if cu_seqlens is not None else B * H) > 65535:
@@ -379,6 +382,21 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
         initial_state = initial_state.float().contiguous()
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int32).contiguous()
+    E = v.shape[-1]
+    emax = (config or {}).get("EMAX", 128)
+    if E > emax:  # value-dim parts: each output column depends on its own columns of v only
+        part = triton.cdiv(E, triton.cdiv(E, emax))
+        h0s = ([h.contiguous() for h in initial_state.split(part, dim=3)] if initial_state is not None
+               else [None] * triton.cdiv(E, part))
+        outs = [_split_keys(q, k, vi, slope, h0, output_final_state, cu_seqlens, config)
+                for vi, h0 in zip(v.split(part, dim=-1), h0s)]
+        ht = torch.cat([ht for _, ht in outs], dim=3) if output_final_state else None
+        return torch.cat([o for o, _ in outs], dim=-1), ht
+    return _split_keys(q, k, v, slope, initial_state, output_final_state, cu_seqlens, config)
+
+
+def _split_keys(q, k, v, slope, initial_state, output_final_state, cu_seqlens, config):
+    """LightningAttnFunction over key-dim parts of at most DMAX (see lightning_attn_triton)."""
     D = q.shape[-1]
     dmax = (config or {}).get("DMAX", 128)
     if D <= dmax:

@@ -142,7 +142,7 @@ def test_lightning_attn_gpu_fused(name):
              config={"fwd": cf, "bwd": cb})
 
 # CASES above run the defaults (the fused walk for 16-bit inputs, key dims > 128 split into 128-wide calls); these
-# keep the chunked algorithm and the unsplit 256-wide kernels covered in 16-bit too.
+# keep the chunked algorithm and the unsplit 256-wide kernels (no key or value split) covered in 16-bit too.
 CHUNK = {"ALGO": "chunk"}
 OTHER_PATHS = {
     # name: (case of CASES, config)
@@ -150,7 +150,7 @@ OTHER_PATHS = {
     "chunk_T2048_bf16": ("T2048_largeBH_bf16", {"fwd": CHUNK, "bwd": CHUNK}),
     "chunk_packed_bf16": ("packed_bf16", {"fwd": CHUNK, "bwd": CHUNK}),
     "chunk_D32_E16_bf16": ("D32_E16_bf16", {"fwd": CHUNK, "bwd": CHUNK}),
-    "unsplit_D256_fused_bf16": ("D256_bf16", {"DMAX": 256, "fwd": {"ALGO": "fused"}, "bwd": {"ALGO": "fused"}}),
+    "unsplit_D256_fused_bf16": ("D256_bf16", {"DMAX": 256, "EMAX": 256, "fwd": {"ALGO": "fused"}, "bwd": {"ALGO": "fused"}}),
 }
 
 

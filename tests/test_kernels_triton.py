@@ -192,13 +192,17 @@ def test_lightning_attn_tuned_table_configs(key, cfg, monkeypatch):
     check(q, k, v, slope, h0, cu, g)
 
 
-@pytest.mark.parametrize("D,dmax,dtype,cu", [(48, 16, torch.float32, None), (40, 16, torch.float16, [0, 1, 30, 57]),
-                                             (256, 512, torch.float32, None)])
-def test_key_dim_split(D, dmax, dtype, cu, monkeypatch):
+@pytest.mark.parametrize("D,E,dmax,emax,dtype,cu", [
+    (48, 24, 16, 128, torch.float32, None), (40, 24, 16, 128, torch.float16, [0, 1, 30, 57]),
+    (256, 24, 512, 128, torch.float32, None),
+    (24, 48, 128, 16, torch.float32, None), (40, 40, 16, 16, torch.float16, [0, 1, 30, 57])])
+def test_head_dim_split(D, E, dmax, emax, dtype, cu, monkeypatch):
     """Key dims above DMAX run as near-equal parts (48 -> 3 x 16; 40 -> 14 + 14 + 12, packed) whose outputs add and
-    whose states stack along D; DMAX = 512 runs D = 256 in one call. With initial and final states."""
+    whose states stack along D; value dims above EMAX as parts whose outputs and states are concatenated along E
+    (48 -> 3 x 16; 40 x 40 splits both ways); DMAX = 512 runs D = 256 in one call. With initial and final states."""
     B = 2 if cu is None else 1
-    q, k, v, slope, h0, cu_t, g = make_inputs(B, 57, 2, D, 24, dtype, True, True, cu, 51 + D)
+    q, k, v, slope, h0, cu_t, g = make_inputs(B, 57, 2, D, E, dtype, True, True, cu, 51 + D + E)
     real = tnl_kernels.lightning_attn_triton
-    monkeypatch.setattr(tnl_kernels, "lightning_attn_triton", lambda *a: real(*a, config={"DMAX": dmax}))
+    monkeypatch.setattr(tnl_kernels, "lightning_attn_triton",
+                        lambda *a: real(*a, config={"DMAX": dmax, "EMAX": emax}))
     check(q, k, v, slope, h0, cu_t, g)
