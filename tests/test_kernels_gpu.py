@@ -150,7 +150,8 @@ OTHER_PATHS = {
     "chunk_T2048_bf16": ("T2048_largeBH_bf16", {"fwd": CHUNK, "bwd": CHUNK}),
     "chunk_packed_bf16": ("packed_bf16", {"fwd": CHUNK, "bwd": CHUNK}),
     "chunk_D32_E16_bf16": ("D32_E16_bf16", {"fwd": CHUNK, "bwd": CHUNK}),
-    "unsplit_D256_fused_bf16": ("D256_bf16", {"DMAX": 256, "EMAX": 256, "fwd": {"ALGO": "fused"}, "bwd": {"ALGO": "fused"}}),
+    "unsplit_D256_fused_bf16": ("D256_bf16", {"DMAX": 256, "EMAX": 256, "fwd": {"ALGO": "fused"},
+                                              "bwd": {"ALGO": "fused"}}),
 }
 
 
