@@ -78,6 +78,9 @@ BWD += [
     {**F, "BV": 64, "warps": 4, "stages": 3},
     {**F, "stages": 2},
     {**F, "BV": 64, "warps": 4, "BKS": 64, "warps_seg": 4},
+    # reverse segment states on a second stream beside the dq walk (few / mid pairs: sequences of several segments)
+    {**F, "BV": 64, "warps": 4, "OVERLAP": True},
+    {**F, "BV": 64, "warps": 4, "BKS": 64, "warps_seg": 4, "OVERLAP": True},
 ]
 
 

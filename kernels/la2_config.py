@@ -20,6 +20,9 @@ Keys of a "fused" phase config (the backward runs three walks, dq forward, dv an
   warps, stages   num_warps / num_stages of the walk
   DKV             (backward) true: dk and dv from one reversed walk holding the whole D x E state (reads q, k, v,
                   dO once: -2 units; more registers); only where next_pow2(D) * next_pow2(E) <= 128 * 128
+  OVERLAP         (backward) true: the reverse segment states (segment sums of q, dO + scan) run on a second CUDA
+                  stream beside the dq walk, which they do not depend on (ncu: the walk leaves 30-40% of DRAM
+                  bandwidth unused); only where sequences have more than one segment
   BKS, BVS, BTS   key / value tiles and chunk length of the segment-sum pass (it and the segment scan, whose tiles
                   are at most 32 x 32, run only when a sequence has more than one segment); warps_seg / stages_seg
                   its launch parameters

@@ -287,6 +287,17 @@ def _forward_fused(plan, q, k, v, slope, h0, output_final_state):
     return o, ht, (segs.SEGTOK, state)
 
 
+_SIDE_STREAMS: dict = {}
+
+
+def _side_stream(device) -> "torch.cuda.Stream":
+    """One extra CUDA stream per device, for the backward's overlapped segment-state pass (bwd key OVERLAP)."""
+    key = torch.device(device).index if torch.device(device).index is not None else torch.cuda.current_device()
+    if key not in _SIDE_STREAMS:
+        _SIDE_STREAMS[key] = torch.cuda.Stream(device=key)
+    return _SIDE_STREAMS[key]
+
+
 def _backward_fused(plan, q, k, v, slope, h0, do, dht, need_dh0, saved):
     c = plan.cfg["bwd"]
     plan.tok_stride = max(plan.tok_stride, abs(do.stride(1)))
@@ -297,10 +308,20 @@ def _backward_fused(plan, q, k, v, slope, h0, do, dht, need_dh0, saved):
             state = saved[1]
         else:
             state = _seg_states(plan, segs, c, k, v, slope, h0, reverse=False)
+    overlap = bool(c.get("OVERLAP")) and segs.n_bnd > 0 and q.is_cuda
+    if overlap:  # the reverse segment states do not need the dq walk: compute them on a second stream beside it
+        main, side = torch.cuda.current_stream(q.device), _side_stream(q.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            gstate = _seg_states(plan, segs, c, q, do, slope, dht, reverse=True)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     _walk(plan, segs, c, do, v, k, dq, state, h0, None, slope, reverse=False, transpose=True)
     del state
-    gstate = _seg_states(plan, segs, c, q, do, slope, dht, reverse=True) if segs.n_bnd else None
+    if overlap:
+        main.wait_stream(side)
+        gstate.record_stream(main)  # allocated on the side stream, read and freed on the main one
+    else:
+        gstate = _seg_states(plan, segs, c, q, do, slope, dht, reverse=True) if segs.n_bnd else None
     dh0 = torch.empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32, device=q.device) if need_dh0 else None
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)

@@ -129,6 +129,10 @@ FUSED_CASES = {
     "packed_bf16": (1, 16384, 4, 128, 128, torch.bfloat16, True, True, "cu", {**FUSED, "SEGT": 2048},
                     {**FUSED, "SEGT": 2048}),
     "packed_D32_E16_bf16": (1, 4096, 4, 32, 16, torch.bfloat16, True, True, "cu", {**FUSED, "SEGT": 512}, FUSED),
+    "overlap_T65536_bf16": (1, 65536, 4, 128, 128, torch.bfloat16, True, True, None, FUSED,
+                            {**FUSED, "OVERLAP": True}),
+    "overlap_packed_bf16": (1, 16384, 4, 64, 64, torch.bfloat16, True, True, "cu", {**FUSED, "SEGT": 1024},
+                            {**FUSED, "SEGT": 1024, "OVERLAP": True}),
     "fwd_fused_bwd_chunk": (2, 5000, 4, 128, 128, torch.bfloat16, True, True, None, FUSED, {"ALGO": "chunk"}),
     "fwd_chunk_bwd_fused": (1, 16384, 4, 128, 128, torch.bfloat16, True, True, "cu", {"ALGO": "chunk"}, FUSED),
 }

@@ -95,7 +95,10 @@ def test_activation_bytes_per_token_match_the_memory_model(monkeypatch, ckpt):
             ctx.save_for_backward(q, k, v)
             return lightning_attn(q, k, v, slope)[0]
 
-    monkeypatch.setattr(tm, "_attn_call", lambda q, k, v, slope, *rest: (SavesQKV.apply(q, k, v, slope), None))
+    def attn_call(q, k, v, slope_of, *rest):
+        return SavesQKV.apply(q, k, v, slope_of(q.device)), None
+
+    monkeypatch.setattr(tm, "_attn_call", attn_call)
     cfg = dict(yaml.safe_load(CONFIG.read_text()), num_hidden_layers=3, hidden_size=128, intermediate_size=352,
                vocab_size=512, gradient_checkpointing=ckpt)
     D, F, L, T = 128, 352, 3, 256
