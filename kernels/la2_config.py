@@ -18,6 +18,9 @@ Keys of a "fused" phase config (the backward runs three walks, dq forward, dv an
   SEGT            target tokens per segment (rounded down to a multiple of BT); segments of a sequence are walked
                   in parallel. 0: one segment per sequence (no segment-state passes at all)
   warps, stages   num_warps / num_stages of the walk
+  maxnreg         optional register cap of the walk (per thread): the 4-warp walk takes 254 registers and 88 KiB
+                  of shared memory at 2 stages, so 2 programs per SM; 168 registers and 1 stage (48 KiB) would fit
+                  3, at 392-424 B of spill (sm_90 compile on the CPU machine, benchmarks/NOTES.md)
   DKV             (backward) true: dk and dv from one reversed walk holding the whole D x E state (reads q, k, v,
                   dO once: -2 units; more registers); only where next_pow2(D) * next_pow2(E) <= 128 * 128
   OVERLAP         (backward) true: the reverse segment states (segment sums of q, dO + scan) run on a second CUDA

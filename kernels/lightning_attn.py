@@ -66,8 +66,11 @@ def _strides(x: torch.Tensor):
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-def _launch(kernel, grid, args, kwargs, num_warps, num_stages):
-    """Launch; if the compiled kernel needs more shared memory than the GPU has, retry with one stage."""
+def _launch(kernel, grid, args, kwargs, num_warps, num_stages, maxnreg=None):
+    """Launch; if the compiled kernel needs more shared memory than the GPU has, retry with one stage.
+    maxnreg: optional cap on registers per thread (more programs per SM, at the price of spills)."""
+    if maxnreg:
+        kwargs = dict(kwargs, maxnreg=maxnreg)
     try:
         kernel[grid](*args, **kwargs, num_warps=num_warps, num_stages=num_stages)
     except triton.runtime.errors.OutOfResources:
@@ -272,7 +275,7 @@ def _walk(plan, segs, c, q, k, v, o, state, init, fin, slope, reverse, transpose
             plan.T, segs.NSEG, segs.SEGTOK, plan.H, DK, DV, c["BT"], BD, BV)
     kwargs = dict(HAS_DECAY=slope is not None, USE_STATE=state is not None, USE_INIT=init is not None,
                   STORE_FIN=fin is not None, REVERSE=reverse, IS_VARLEN=plan.varlen, PREC=_prec(q.dtype))
-    _launch(la2_walk_kernel, grid, args, kwargs, c["warps"], c["stages"])
+    _launch(la2_walk_kernel, grid, args, kwargs, c["warps"], c["stages"], c.get("maxnreg"))
 
 
 def _forward_fused(plan, q, k, v, slope, h0, output_final_state):

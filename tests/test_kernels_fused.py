@@ -194,3 +194,25 @@ def test_varlen_tables_built_once_per_cu_seqlens(algo, monkeypatch):
     ref = lightning_attn_recurrent(q.double(), k.double(), v.double(), slope, None, cu)[0]
     o = tnl_kernels.lightning_attn_triton(q, k, v, slope, None, False, cu, config=cfg)[0]
     assert len(builds) > first and rel_err(o, ref) < 1e-5
+
+
+def test_default_walk_compiles_for_sm90_without_spill():
+    """The compiled path is only exercised on a GPU; this compiles the default 16-bit 128-wide walk for sm_90 on the
+    CPU (benchmarks/sm90_resources.py, in a process without the interpreter) and checks what the H100 timings rely
+    on: no spill, 2 programs per SM."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton.backends.nvidia")
+    repo = Path(__file__).resolve().parents[1]
+    c = get_config(128, 128, torch.bfloat16, 256)["fwd"]
+    cfg = {k: c[k] for k in ("BT", "BV", "warps", "stages")}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "sm90_resources.py"), "--configs", json.dumps([cfg])],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["stack"] == 0 and out["programs_per_sm"] >= 2, out
