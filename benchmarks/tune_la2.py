@@ -26,8 +26,6 @@ FWD = [
     {**C, "BT": 128, "BVO": 128, "warps_o": 8, "BK": 64, "BV": 64},
     {**C, "BT": 128, "BVO": 128, "warps_o": 8, "BK": 32, "BV": 32},
     {**C, "BVO": 128, "warps_o": 8, "stages_o": 3},
-    {**C, "BT": 128, "BVO": 128, "warps_o": 8, "BK": 64, "BV": 64, "SEG": 4},
-    {**C, "BT": 128, "BVO": 128, "warps_o": 8, "BK": 64, "BV": 64, "SEG": 16},
 ]
 BWD = [
     C,
@@ -38,8 +36,6 @@ BWD = [
     {**C, "BT": 32, "BVB": 128, "stages_b": 1},
     {**C, "BK": 64, "BV": 64},
     {**C, "BK": 32, "BV": 32},
-    {**C, "BK": 64, "BV": 64, "SEG": 8},
-    {**C, "BK": 64, "BV": 64, "SEG": 32},
 ]
 # "fused" algorithm (kernels/la2_fused.py): keys merge over la2_config.heuristic_fused (BT 64, BV 128, 8 warps,
 # SEGT 4096 for few/mid pairs, 0 for many; DKV for heads <= 64). Short lists: each candidate costs GPU seconds.

@@ -13,26 +13,20 @@ chunk's gradients in parallel from the recomputed S0 (la2_fwd_state_kernel) and 
 import triton
 import triton.language as tl
 
-from .la2_fwd import _chunk_coords, _seg_range, _seg_tokens, _seq_bounds
+from .la2_fwd import _chunk_coords, _seq_bounds
 
 
 @triton.jit
 def la2_bwd_dstate_kernel(
-    q, do, dh, dht, dh0, seg, slope, cu_seqlens, chunk_offsets,
+    q, do, dh, dht, dh0, slope, cu_seqlens, chunk_offsets,
     s_qb, s_qt, s_qh, s_db, s_dt, s_dh,
-    T, NSEG, H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SEG: tl.constexpr,
+    T, H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DECAY: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
     IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Grid (N*H [*NSEG], cdiv(D,BK), cdiv(E,BV)). dh[(c0+c), head] <- G of chunk c (dh.dtype); dh0 <- dS0 of
-    chunk 0. SEG > 0: each segment walks back from a zero gradient; seg[n, h, s] gets its contribution to the
-    gradient of the state before it, which la2_seg_scan_kernel (REVERSE) turns into the true gradient at its end."""
-    if SEG > 0:
-        i_nh, i_s = tl.program_id(0) // NSEG, tl.program_id(0) % NSEG
-    else:
-        i_nh, i_s = tl.program_id(0), 0
-    i_k, i_v = tl.program_id(1), tl.program_id(2)
+    """Grid (N*H, cdiv(D,BK), cdiv(E,BV)). dh[(c0+c), head] <- G of chunk c (dh.dtype); dh0 <- dS0 of chunk 0."""
+    i_nh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     i_b, bos, seq_len, c0 = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
     o_t = tl.arange(0, BT)
@@ -44,13 +38,13 @@ def la2_bwd_dstate_kernel(
     o_de = o_k[:, None] * E + o_v[None, :]
 
     b_g = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_DHT and SEG == 0:
+    if USE_DHT:
         b_g += tl.load(dht + i_nh.to(tl.int64) * D * E + o_de, mask=m_kv, other=0.0)
     if HAS_DECAY:
         b_slope = tl.load(slope + i_h)
-    c_lo, c_hi = _seg_range(i_s, seq_len, BT, SEG)
-    for r in range(c_lo, c_hi):
-        c = c_hi - 1 - (r - c_lo)
+    NT = tl.cdiv(seq_len, BT)
+    for r in range(0, NT):
+        c = NT - 1 - r
         tl.store(dh + ((c0 + c) * H + i_h) * D * E + o_de, b_g.to(dh.dtype.element_ty), mask=m_kv)
         t = c * BT + o_t
         m_t = t < seq_len
@@ -63,27 +57,23 @@ def la2_bwd_dstate_kernel(
             b_g = b_g * tl.exp(-b_slope * L) + tl.dot(tl.trans(b_q), b_do, input_precision=PREC)
         else:
             b_g += tl.dot(tl.trans(b_q), b_do, input_precision=PREC)
-    if SEG > 0:
-        tl.store(seg + (i_nh.to(tl.int64) * NSEG + i_s) * D * E + o_de, b_g, mask=m_kv)
-    elif STORE_DH0:
+    if STORE_DH0:
         tl.store(dh0 + i_nh.to(tl.int64) * D * E + o_de, b_g, mask=m_kv)
 
 
 @triton.jit
 def la2_bwd_dqkv_kernel(
-    q, k, v, do, h, dh, seg, gseg, dq, dk, dv, slope, cu_seqlens, chunk_indices,
+    q, k, v, do, h, dh, dq, dk, dv, slope, cu_seqlens, chunk_indices,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_db, s_dt, s_dh,
     s_dqb, s_dqt, s_dqh, s_dkb, s_dkt, s_dkh, s_dvb, s_dvt, s_dvh,
-    T, NSEG, H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
-    BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, SEG: tl.constexpr,
+    T, H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     HAS_DECAY: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Grid (chunks, 1, B*H). One program holds the whole D (BD >= D) and loops over E in tiles of BV.
-    SEG > 0: h and dh are segment-relative; the true states entering / gradients leaving the segment (seg, gseg)
-    are added with their decay."""
+    """Grid (chunks, 1, B*H). One program holds the whole D (BD >= D) and loops over E in tiles of BV."""
     i_t, i_bh = tl.program_id(0), tl.program_id(2)
     i_h = i_bh % H
-    i_b, bos, seq_len, i_c, i_hc, i_n = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_bh // H, T, BT, IS_VARLEN)
+    i_b, bos, seq_len, i_c, i_hc = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_bh // H, T, BT, IS_VARLEN)
     o_t = tl.arange(0, BT)
     t = i_c * BT + o_t
     m_t = t < seq_len
@@ -98,18 +88,6 @@ def la2_bwd_dqkv_kernel(
     p_dh = dh + (i_hc * H + i_h) * D * E
 
     causal = o_t[:, None] >= o_t[None, :]
-    if SEG > 0:
-        i_s = i_c // SEG
-        p_seg = seg + ((i_n * H + i_h).to(tl.int64) * NSEG + i_s) * D * E
-        p_gseg = gseg + ((i_n * H + i_h).to(tl.int64) * NSEG + i_s) * D * E
-        s_lo, s_len = _seg_tokens(i_s, seq_len, BT, SEG)
-        if HAS_DECAY:
-            b_slope0 = tl.load(slope + i_h)
-            w_seg = tl.exp(-b_slope0 * (i_c * BT - s_lo).to(tl.float32))  # segment start -> chunk start
-            w_gseg = tl.exp(-b_slope0 * (s_lo + s_len - tl.minimum(i_c * BT + BT, seq_len)).to(tl.float32))
-        else:
-            w_seg = 1.0
-            w_gseg = 1.0
     if HAS_DECAY:
         b_slope = tl.load(slope + i_h)
         L = tl.minimum(seq_len - i_c * BT, BT).to(tl.float32)
@@ -133,10 +111,6 @@ def la2_bwd_dqkv_kernel(
         b_do = tl.load(p_do + t[:, None] * s_dt + o_v[None, :], mask=m_tv, other=0.0)
         b_h = tl.load(p_h + o_k[:, None] * E + o_v[None, :], mask=m_kv, other=0.0)
         b_g = tl.load(p_dh + o_k[:, None] * E + o_v[None, :], mask=m_kv, other=0.0)
-        if SEG > 0:
-            b_h = b_h.to(tl.float32) + w_seg * tl.load(p_seg + o_k[:, None] * E + o_v[None, :], mask=m_kv, other=0.0)
-            b_g = b_g.to(tl.float32) + w_gseg * tl.load(p_gseg + o_k[:, None] * E + o_v[None, :], mask=m_kv,
-                                                         other=0.0)
         b_h = b_h.to(b_q.dtype)
         b_g = b_g.to(b_q.dtype)
         b_dp += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)

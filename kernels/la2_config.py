@@ -6,8 +6,6 @@ Keys of a phase config:
   BK, BV          D and E tiles of the sequential state passes (smaller tiles = more programs for long sequences)
   BKO, BVO        D tile (looped) and E tile (grid) of the forward output pass
   BVB             E tile looped over by the backward dq/dk/dv pass (which holds the whole D)
-  SEG             0: each state pass walks a whole sequence in one program; n > 0: it walks segments of n chunks
-                  in parallel and a scan joins them (more programs for long sequences; not yet measured on a GPU)
   warps_*/stages_*  num_warps / num_stages of the state pass (s), output pass (o), dq/dk/dv pass (b)
   ALGO            "chunk" (the keys above) or "fused" (kernels/la2_fused.py: LA2's own loop over segments,
                   state in registers, no per-chunk states in memory); chosen per phase, each with its own keys:
@@ -114,6 +112,8 @@ def heuristic_fused(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
 
 
 ALGOS = ("chunk", "fused")
+# phase keys that the heuristics leave unset
+OPTIONAL_KEYS = {"chunk": set(), "fused": {"maxnreg", "OVERLAP"}}
 
 
 def default_algo(phase: str, D: int, dtype: torch.dtype) -> str:
@@ -145,4 +145,7 @@ def get_config(D: int, E: int, dtype: torch.dtype, nh: int, override: dict | Non
             raise ValueError(f"la2 config: {phase} ALGO must be one of {ALGOS}, got {algo!r}")
         base = (heuristic if algo == "chunk" else heuristic_fused)(D, E, dtype, nh)[phase]
         cfg[phase] = {**base, **(t if t.get("ALGO", "chunk") == algo else {}), **o, "ALGO": algo}
+        unknown = set(cfg[phase]) - set(base) - OPTIONAL_KEYS[algo] - {"ALGO"}
+        if unknown:  # e.g. a key of the other algorithm, or one that no longer exists (the chunked SEG)
+            raise ValueError(f"la2 config: {phase} has keys the {algo!r} algorithm does not know: {sorted(unknown)}")
     return cfg

@@ -6,8 +6,9 @@ A sequence is cut into chunks of BT tokens. For a chunk starting after state S0,
     S_end = lam^L S0 + sum_i lam^(L-1-i) k_i^T v_i                           (L = tokens in the chunk)
 Two kernels: `la2_fwd_state_kernel` runs over the chunks of one sequence in order (one program per (sequence, head,
 D-tile, E-tile)) and stores the state before each chunk; `la2_fwd_out_kernel` then computes every chunk's output in
-parallel. Optionally (SEG > 0) the state walk is cut into segments walked in parallel and joined by
-`la2_seg_scan_kernel` (also used, reversed, by the backward). Tensors are read in place in the (B, T, H, D) layout through their strides (last dim unit stride).
+parallel. (Long sequences with few (sequence, head) pairs are the fused walk's domain, kernels/la2_fused.py, which
+walks segments in parallel.) Tensors are read in place in the (B, T, H, D) layout through their strides (last dim
+unit stride).
 Sequences are either B rows of length T, or (IS_VARLEN) documents packed in row 0 at offsets cu_seqlens.
 """
 
@@ -34,7 +35,7 @@ def _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT: tl.constexpr, IS_VARLEN: 
 @triton.jit
 def _chunk_coords(cu_seqlens, chunk_indices, i_t, i_b_in, T, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
     """For output-style grids: (batch row, first token of the sequence, its length, chunk index inside the sequence,
-    global chunk index in the chunk-state buffer, sequence index) of program chunk i_t."""
+    global chunk index in the chunk-state buffer) of program chunk i_t."""
     if IS_VARLEN:
         i_n = tl.load(chunk_indices + 2 * i_t)
         i_c = tl.load(chunk_indices + 2 * i_t + 1)
@@ -49,87 +50,21 @@ def _chunk_coords(cu_seqlens, chunk_indices, i_t, i_b_in, T, BT: tl.constexpr, I
         seq_len = tl.zeros([], dtype=tl.int64) + T
         i_b = i_b_in.to(tl.int64)
         i_hc = i_b * tl.cdiv(T, BT) + i_t
-    return i_b, bos, seq_len, i_c, i_hc, i_n
-
-
-@triton.jit
-def _seg_range(i_s, seq_len, BT: tl.constexpr, SEG: tl.constexpr):
-    """Chunks [c_lo, c_hi) of segment i_s (SEG chunks per segment; SEG = 0: one segment = the whole sequence)."""
-    NT = tl.cdiv(seq_len, BT)
-    if SEG > 0:
-        c_lo = i_s * SEG
-        c_hi = tl.minimum(c_lo + SEG, NT)
-    else:
-        c_lo = 0
-        c_hi = NT
-    return c_lo, c_hi
-
-
-@triton.jit
-def _seg_tokens(i_s, seq_len, BT: tl.constexpr, SEG: tl.constexpr):
-    """(first token, tokens) of segment i_s."""
-    lo = i_s * (SEG * BT)
-    return lo, tl.minimum(lo + SEG * BT, seq_len) - lo
-
-
-@triton.jit
-def la2_seg_scan_kernel(
-    seg, init, fin, slope, cu_seqlens, T, NSEG,
-    H: tl.constexpr, D: tl.constexpr, E: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    SEG: tl.constexpr, HAS_DECAY: tl.constexpr, USE_INIT: tl.constexpr, STORE_FIN: tl.constexpr,
-    REVERSE: tl.constexpr, IS_VARLEN: tl.constexpr,
-):
-    """Grid (N*H, cdiv(D,BK), cdiv(E,BV)). Carries true states across segments: seg[n, h, s] holds a segment's own
-    (local) contribution and is overwritten, in place, by the true state entering it (the state before it; REVERSE:
-    the state gradient at its end). init: initial state / final-state gradient; fin <- final state / d initial."""
-    i_nh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = i_nh // H, i_nh % H
-    _, _, seq_len, _ = _seq_bounds(cu_seqlens, cu_seqlens, i_n, T, BT, IS_VARLEN)  # (no chunk offsets needed)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_kv = (o_k[:, None] < D) & (o_v[None, :] < E)
-    o_de = o_k[:, None] * E + o_v[None, :]
-    b_c = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_INIT:
-        b_c += tl.load(init + i_nh.to(tl.int64) * D * E + o_de, mask=m_kv, other=0.0)
-    if HAS_DECAY:
-        b_slope = tl.load(slope + i_h)
-    ns = tl.cdiv(tl.cdiv(seq_len, BT), SEG)
-    for r in range(0, ns):
-        if REVERSE:
-            i_s = ns - 1 - r
-        else:
-            i_s = r
-        p = seg + (i_nh.to(tl.int64) * NSEG + i_s) * D * E + o_de
-        b_local = tl.load(p, mask=m_kv, other=0.0)
-        tl.store(p, b_c, mask=m_kv)
-        if HAS_DECAY:
-            _, n_tok = _seg_tokens(i_s, seq_len, BT, SEG)
-            b_c = b_c * tl.exp(-b_slope * n_tok.to(tl.float32))
-        b_c += b_local
-    if STORE_FIN:
-        tl.store(fin + i_nh.to(tl.int64) * D * E + o_de, b_c, mask=m_kv)
+    return i_b, bos, seq_len, i_c, i_hc
 
 
 @triton.jit
 def la2_fwd_state_kernel(
-    k, v, h, h0, ht, seg, slope, cu_seqlens, chunk_offsets,
+    k, v, h, h0, ht, slope, cu_seqlens, chunk_offsets,
     s_kb, s_kt, s_kh, s_vb, s_vt, s_vh,
-    T, NSEG, H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SEG: tl.constexpr,
+    T, H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DECAY: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_H: tl.constexpr,
     IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Grid (N*H [*NSEG], cdiv(D,BK), cdiv(E,BV)). h[(c0+c), head] <- true state before chunk c (h.dtype); ht <-
-    final state (fp32). h0/ht are (N, H, D, E) fp32 contiguous; h is (chunks, H, D, E) contiguous.
-    SEG > 0: one program per segment of SEG chunks, walking from a zero state: h gets the state relative to the
-    segment start and seg[n, h, s] (fp32) the segment's own contribution; la2_seg_scan_kernel then turns seg into
-    the true state before each segment (h0 enters there) and writes ht. Consumers add lam^(offset) seg[s] to h."""
-    if SEG > 0:
-        i_nh, i_s = tl.program_id(0) // NSEG, tl.program_id(0) % NSEG
-    else:
-        i_nh, i_s = tl.program_id(0), 0
-    i_k, i_v = tl.program_id(1), tl.program_id(2)
+    """Grid (N*H, cdiv(D,BK), cdiv(E,BV)). h[(c0+c), head] <- true state before chunk c (h.dtype); ht <- final
+    state (fp32). h0/ht are (N, H, D, E) fp32 contiguous; h is (chunks, H, D, E) contiguous."""
+    i_nh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     i_b, bos, seq_len, c0 = _seq_bounds(cu_seqlens, chunk_offsets, i_n, T, BT, IS_VARLEN)
     o_t = tl.arange(0, BT)
@@ -141,12 +76,11 @@ def la2_fwd_state_kernel(
     o_de = o_k[:, None] * E + o_v[None, :]
 
     b_s = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0 and SEG == 0:
+    if USE_H0:
         b_s += tl.load(h0 + i_nh.to(tl.int64) * D * E + o_de, mask=m_kv, other=0.0)
     if HAS_DECAY:
         b_slope = tl.load(slope + i_h)
-    c_lo, c_hi = _seg_range(i_s, seq_len, BT, SEG)
-    for c in range(c_lo, c_hi):
+    for c in range(0, tl.cdiv(seq_len, BT)):
         if STORE_H:
             tl.store(h + ((c0 + c) * H + i_h) * D * E + o_de, b_s.to(h.dtype.element_ty), mask=m_kv)
         t = c * BT + o_t
@@ -160,24 +94,22 @@ def la2_fwd_state_kernel(
             b_s = b_s * tl.exp(-b_slope * L) + tl.dot(tl.trans(b_k), b_v, input_precision=PREC)
         else:
             b_s += tl.dot(tl.trans(b_k), b_v, input_precision=PREC)
-    if SEG > 0:
-        tl.store(seg + (i_nh.to(tl.int64) * NSEG + i_s) * D * E + o_de, b_s, mask=m_kv)
-    elif STORE_HT:
+    if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * D * E + o_de, b_s, mask=m_kv)
 
 
 @triton.jit
 def la2_fwd_out_kernel(
-    q, k, v, h, seg, o, slope, cu_seqlens, chunk_indices,
+    q, k, v, h, o, slope, cu_seqlens, chunk_indices,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_ob, s_ot, s_oh,
-    T, NSEG, H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, SEG: tl.constexpr,
+    T, H: tl.constexpr, D: tl.constexpr, E: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DECAY: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
     """Grid (chunks, cdiv(E,BV), B*H) (B = 1 when varlen). o_chunk = (Q K^T * M) V + diag(lam^(j+1)) Q S0."""
     i_t, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_h = i_bh % H
-    i_b, bos, seq_len, i_c, i_hc, i_n = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_bh // H, T, BT, IS_VARLEN)
+    i_b, bos, seq_len, i_c, i_hc = _chunk_coords(cu_seqlens, chunk_indices, i_t, i_bh // H, T, BT, IS_VARLEN)
     o_t = tl.arange(0, BT)
     t = i_c * BT + o_t
     m_t = t < seq_len
@@ -187,12 +119,6 @@ def la2_fwd_out_kernel(
     p_h = h + (i_hc * H + i_h) * D * E
     if HAS_DECAY:
         b_slope = tl.load(slope + i_h)
-    if SEG > 0:  # h is relative to the segment start: add lam^(tokens since it) * (true state entering the segment)
-        p_seg = seg + ((i_n * H + i_h).to(tl.int64) * NSEG + i_c // SEG) * D * E
-        if HAS_DECAY:
-            w_seg = tl.exp(-b_slope * (i_c % SEG * BT).to(tl.float32))
-        else:
-            w_seg = 1.0
 
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_a = tl.zeros([BT, BT], dtype=tl.float32)
@@ -203,8 +129,6 @@ def la2_fwd_out_kernel(
         b_k = tl.load(p_k + t[:, None] * s_kt + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         m_kv = m_k[:, None] & (o_v[None, :] < E)
         b_h = tl.load(p_h + o_k[:, None] * E + o_v[None, :], mask=m_kv, other=0.0)
-        if SEG > 0:
-            b_h = b_h.to(tl.float32) + w_seg * tl.load(p_seg + o_k[:, None] * E + o_v[None, :], mask=m_kv, other=0.0)
         b_o += tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC)
         b_a += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
     causal = o_t[:, None] >= o_t[None, :]

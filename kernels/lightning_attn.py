@@ -19,7 +19,7 @@ import triton
 from .la2_bwd import la2_bwd_dqkv_kernel, la2_bwd_dstate_kernel
 from .la2_config import get_config
 from .la2_fused import la2_segscan_kernel, la2_segsum_kernel, la2_walk_dkv_kernel, la2_walk_kernel
-from .la2_fwd import la2_fwd_out_kernel, la2_fwd_state_kernel, la2_seg_scan_kernel
+from .la2_fwd import la2_fwd_out_kernel, la2_fwd_state_kernel
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -121,52 +121,29 @@ class _Plan:
                 self._tables[BT] = (None, None, self.B * nt, nt, nt)
         return self._tables[BT]
 
-    def segments(self, c):
-        """(SEG, NSEG): chunks per segment of the state passes (0: one walk per sequence) and segments per sequence."""
-        most = self.chunks(c["BT"])[4]
-        SEG = c.get("SEG", 0)
-        if SEG <= 0 or most <= SEG:
-            return 0, 1
-        return SEG, triton.cdiv(most, SEG)
-
 
 def _state_pass(plan, c, k, v, slope, h0, store_ht, cu_seqlens, h_dtype):
-    """Chunk states h (chunks, H, D, E) in h_dtype, the final states (fp32) if store_ht, and (segmented walk) the
-    true states entering each segment (N*H*NSEG, D, E) fp32, else None."""
+    """Chunk states h (chunks, H, D, E) in h_dtype and the final states (fp32) if store_ht."""
     offsets, _, chunks, _, _ = plan.chunks(c["BT"])
-    SEG, NSEG = plan.segments(c)
     h = torch.empty((chunks, plan.H, plan.D, plan.E), dtype=h_dtype, device=k.device)
     ht = torch.empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32, device=k.device) if store_ht else None
-    seg = torch.empty((plan.N * plan.H * NSEG, plan.D, plan.E), dtype=torch.float32, device=k.device) if SEG else None
     tiles = (triton.cdiv(plan.D, c["BK"]), triton.cdiv(plan.E, c["BV"]))
-    args = (k, v, h, h0, ht, seg, slope, cu_seqlens, offsets, *_strides(k), *_strides(v),
-            plan.T, NSEG, plan.H, plan.D, plan.E, c["BT"], c["BK"], c["BV"], SEG)
+    args = (k, v, h, h0, ht, slope, cu_seqlens, offsets, *_strides(k), *_strides(v),
+            plan.T, plan.H, plan.D, plan.E, c["BT"], c["BK"], c["BV"])
     kwargs = dict(HAS_DECAY=slope is not None, USE_H0=h0 is not None, STORE_HT=store_ht, STORE_H=True,
                   IS_VARLEN=plan.varlen, PREC=_prec(k.dtype))
-    _launch(la2_fwd_state_kernel, (plan.N * plan.H * NSEG, *tiles), args, kwargs, c["warps_s"], c["stages_s"])
-    if SEG:
-        _seg_scan(plan, c, seg, h0, ht, slope, cu_seqlens, SEG, NSEG, reverse=False)
-    return h, ht, seg
-
-
-def _seg_scan(plan, c, seg, init, fin, slope, cu_seqlens, SEG, NSEG, reverse):
-    grid = (plan.N * plan.H, triton.cdiv(plan.D, c["BK"]), triton.cdiv(plan.E, c["BV"]))
-    la2_seg_scan_kernel[grid](
-        seg, init, fin, slope, cu_seqlens, plan.T, NSEG, plan.H, plan.D, plan.E, c["BT"], c["BK"], c["BV"], SEG,
-        HAS_DECAY=slope is not None, USE_INIT=init is not None, STORE_FIN=fin is not None, REVERSE=reverse,
-        IS_VARLEN=plan.varlen,
-    )
+    _launch(la2_fwd_state_kernel, (plan.N * plan.H, *tiles), args, kwargs, c["warps_s"], c["stages_s"])
+    return h, ht
 
 
 def _forward(plan, q, k, v, slope, h0, output_final_state, cu_seqlens):
     c = plan.cfg["fwd"]
-    h, ht, seg = _state_pass(plan, c, k, v, slope, h0, output_final_state, cu_seqlens, q.dtype)
+    h, ht = _state_pass(plan, c, k, v, slope, h0, output_final_state, cu_seqlens, q.dtype)
     _, indices, _, grid_t, _ = plan.chunks(c["BT"])
-    SEG, NSEG = plan.segments(c)
     o = torch.empty((plan.B, plan.T, plan.H, plan.E), dtype=q.dtype, device=q.device)
     grid = (grid_t, triton.cdiv(plan.E, c["BVO"]), plan.grid_bh)
-    args = (q, k, v, h, seg, o, slope, cu_seqlens, indices, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-            plan.T, NSEG, plan.H, plan.D, plan.E, c["BT"], c["BKO"], c["BVO"], SEG)
+    args = (q, k, v, h, o, slope, cu_seqlens, indices, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+            plan.T, plan.H, plan.D, plan.E, c["BT"], c["BKO"], c["BVO"])
     kwargs = dict(HAS_DECAY=slope is not None, IS_VARLEN=plan.varlen, PREC=_prec(q.dtype))
     _launch(la2_fwd_out_kernel, grid, args, kwargs, c["warps_o"], c["stages_o"])
     return o, ht
@@ -174,28 +151,24 @@ def _forward(plan, q, k, v, slope, h0, output_final_state, cu_seqlens):
 
 def _backward(plan, q, k, v, slope, h0, do, dht, cu_seqlens, need_dh0):
     c = plan.cfg["bwd"]
-    h, _, seg = _state_pass(plan, c, k, v, slope, h0, False, cu_seqlens, q.dtype)
+    h, _ = _state_pass(plan, c, k, v, slope, h0, False, cu_seqlens, q.dtype)
     offsets, indices, chunks, grid_t, _ = plan.chunks(c["BT"])
-    SEG, NSEG = plan.segments(c)
     dh = torch.empty((chunks, plan.H, plan.D, plan.E), dtype=q.dtype, device=q.device)
     dh0 = torch.empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32, device=q.device) if need_dh0 else None
-    gseg = torch.empty((plan.N * plan.H * NSEG, plan.D, plan.E), dtype=torch.float32, device=q.device) if SEG else None
-    grid = (plan.N * plan.H * NSEG, triton.cdiv(plan.D, c["BK"]), triton.cdiv(plan.E, c["BV"]))
-    args = (q, do, dh, dht, dh0, gseg, slope, cu_seqlens, offsets, *_strides(q), *_strides(do),
-            plan.T, NSEG, plan.H, plan.D, plan.E, c["BT"], c["BK"], c["BV"], SEG)
+    grid = (plan.N * plan.H, triton.cdiv(plan.D, c["BK"]), triton.cdiv(plan.E, c["BV"]))
+    args = (q, do, dh, dht, dh0, slope, cu_seqlens, offsets, *_strides(q), *_strides(do),
+            plan.T, plan.H, plan.D, plan.E, c["BT"], c["BK"], c["BV"])
     kwargs = dict(HAS_DECAY=slope is not None, USE_DHT=dht is not None, STORE_DH0=need_dh0,
                   IS_VARLEN=plan.varlen, PREC=_prec(q.dtype))
     _launch(la2_bwd_dstate_kernel, grid, args, kwargs, c["warps_s"], c["stages_s"])
-    if SEG:
-        _seg_scan(plan, c, gseg, dht, dh0, slope, cu_seqlens, SEG, NSEG, reverse=True)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     grid = (grid_t, 1, plan.grid_bh)
     BD = max(16, triton.next_power_of_2(plan.D))
-    args = (q, k, v, do, h, dh, seg, gseg, dq, dk, dv, slope, cu_seqlens, indices,
+    args = (q, k, v, do, h, dh, dq, dk, dv, slope, cu_seqlens, indices,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq), *_strides(dk), *_strides(dv),
-            plan.T, NSEG, plan.H, plan.D, plan.E, c["BT"], BD, c["BVB"], SEG)
+            plan.T, plan.H, plan.D, plan.E, c["BT"], BD, c["BVB"])
     kwargs = dict(HAS_DECAY=slope is not None, IS_VARLEN=plan.varlen, PREC=_prec(q.dtype))
     _launch(la2_bwd_dqkv_kernel, grid, args, kwargs, c["warps_b"], c["stages_b"])
     return dq, dk, dv, dh0

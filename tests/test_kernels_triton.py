@@ -151,9 +151,6 @@ CONFIGS = {
     "bt32_small_tiles": {"fwd": {**C, "BT": 32, "BK": 16, "BV": 32, "BKO": 32, "BVO": 16},
                          "bwd": {**C, "BT": 32, "BK": 16, "BV": 16, "BVB": 32}},
     "bt16": {"fwd": {**C, "BT": 16}, "bwd": {**C, "BT": 16}},
-    # segmented state walks: per-segment local states + a scan across segments, fixed up by the consumers
-    "seg2_bt16": {"fwd": {**C, "BT": 16, "SEG": 2}, "bwd": {**C, "BT": 16, "SEG": 3}},
-    "seg1_bt32": {"fwd": {**C, "BT": 32, "SEG": 1, "BVO": 16}, "bwd": {**C, "BT": 32, "SEG": 1, "BVB": 16}},
 }
 
 
@@ -165,16 +162,16 @@ def test_lightning_attn_block_configs(name, monkeypatch):
     check(q, k, v, slope, h0, cu, g)
 
 
-@pytest.mark.parametrize("decay,cu,dtype", [(True, None, torch.float32), (False, None, torch.float16),
-                                             (False, [0, 37, 38, 100], torch.float32)])
-def test_lightning_attn_segmented_walk(decay, cu, dtype, monkeypatch):
-    """SEG > 0 without documents, without decay, in fp16, and with an initial state on a packed batch."""
-    B = 2 if cu is None else 1
-    q, k, v, slope, h0, cu_t, g = make_inputs(B, 100, 2, 16, 32, dtype, decay, cu is not None, cu, 41)
-    real = tnl_kernels.lightning_attn_triton
-    cfg = {"fwd": {**C, "BT": 16, "SEG": 2}, "bwd": {**C, "BT": 16, "SEG": 2}}
-    monkeypatch.setattr(tnl_kernels, "lightning_attn_triton", lambda *a: real(*a, config=cfg))
-    check(q, k, v, slope, h0, cu_t, g)
+def test_config_keys_of_another_algorithm_are_an_error():
+    """A phase key that its algorithm does not read (here a fused key given to the chunked one, and SEG, the chunked
+    segmented walk that was removed) is one clear error, not a silently ignored setting."""
+    from tnl_kernels.la2_config import get_config
+
+    with pytest.raises(ValueError, match="SEGT"):
+        get_config(64, 64, torch.float32, 4, {"fwd": {**C, "SEGT": 512}})
+    with pytest.raises(ValueError, match="SEG"):
+        get_config(64, 64, torch.float32, 4, {"bwd": {**C, "SEG": 4}})
+    assert get_config(64, 64, torch.bfloat16, 4, {"bwd": {"ALGO": "fused", "OVERLAP": True}})["bwd"]["OVERLAP"]
 
 
 def _tuned_entries():
