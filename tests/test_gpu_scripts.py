@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_la2_shapes  # noqa: E402
+import profile_la2  # noqa: E402
 import tune_la2  # noqa: E402
 
 if torch.cuda.is_available():
@@ -19,14 +20,16 @@ if torch.cuda.is_available():
 
 def test_scripts_refuse_without_cuda(capsys):
     assert bench_la2_shapes.main(["--shapes", "1x64x1x16x16"]) == 1
+    assert profile_la2.main(["--shapes", "1x64x1x16x16"]) == 1
     assert tune_la2.main([]) == 2
     err = capsys.readouterr().err
     assert "needs a CUDA GPU" in err
 
 
-def test_bad_shape_is_an_argument_error():
+@pytest.mark.parametrize("script", [bench_la2_shapes, profile_la2])
+def test_bad_shape_is_an_argument_error(script):
     with pytest.raises(SystemExit):
-        bench_la2_shapes.main(["--shapes", "1x64x16"])
+        script.main(["--shapes", "1x64x16"])
 
 
 @pytest.mark.parametrize("phase", ["fwd", "bwd"])
