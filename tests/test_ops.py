@@ -164,6 +164,24 @@ def test_step_decoding_matches_chunked(dtype):
     assert rel_err(o1, want[0][:, 0]) < RTOL[dtype] and rel_err(st, want[1]) < 1e-6
 
 
+@pytest.mark.parametrize("decay,with_state", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_step_matches_the_reference_step(decay, with_state, dtype):
+    """The facade's few-kernel decode step against reference.lightning_attn_step in float64 (state, decay, or
+    neither) on fresh random inputs: its state is float32, its output in q's dtype."""
+    g = torch.Generator().manual_seed(17 + 2 * decay + with_state)
+    B, H, D, E = 3, 5, 24, 20
+    q, k = (torch.randn(B, H, D, generator=g).to(dtype) for _ in range(2))
+    v = torch.randn(B, H, E, generator=g).to(dtype)
+    s = torch.rand(H, generator=g) * 0.7 if decay else None
+    st = torch.randn(B, H, D, E, generator=g) if with_state else None
+    o, S = ops.lightning_attn_step(q, k, v, s, st)
+    o_ref, S_ref = reference.lightning_attn_step(q.double(), k.double(), v.double(), s,
+                                                 None if st is None else st.double())
+    assert o.dtype == dtype and S.dtype == torch.float32
+    assert rel_err(o, o_ref) < RTOL[dtype] and rel_err(S, S_ref) < 1e-6
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_srms_norm(dtype):
     g = torch.Generator().manual_seed(5)
