@@ -24,15 +24,20 @@ FAST = ["trainer.seq_len=32", "trainer.micro_batch_size=4", "optim.lr=1e-2", "op
 
 def launch(args: list[str], env: dict | None = None, ranks: int = 2, torchrun: bool = False
            ) -> subprocess.CompletedProcess:
+    port = free_port()
     if ranks == 1:
         cmd = [sys.executable, "scripts/train.py", *args]
     elif torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-               str(free_port()), "scripts/train.py", *args]
+               str(port), "scripts/train.py", *args]
     else:
-        cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(free_port()), "scripts/train.py", *args]
+        cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(port), "scripts/train.py", *args]
     full_env = repo_env(OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
+    # DeepSpeed's CPU all-reduce buffers (/dev/shm, ~69 MB per rank) must not outlive the run (tnl.train.dist)
+    left = sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")) if ranks > 1 else []
+    assert not left, f"shared-memory buffers left behind: {left}"
+    return r
 
 
 def metrics(run_dir: Path) -> list[dict]:

@@ -10,6 +10,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -69,7 +70,26 @@ def init(device_type: str) -> DistEnv:
         torch.cuda.set_device(e.local_rank)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
+        if device_type == "cpu":
+            _release_shm_buffer(e)
     return e
+
+
+def _release_shm_buffer(e: DistEnv) -> None:
+    """DeepSpeed's CPU all-reduce maps one /dev/shm buffer (~69 MB) per rank, named after the master address and
+    port, and never unlinks it (nor could it here: scripts/train.py skips interpreter teardown). Every run on a new
+    port left its buffers behind, until shared memory filled and ranks were killed. Once every rank has mapped its
+    peers' buffers (they do so inside init_distributed; the barrier waits for all), the names can go: the memory
+    itself lives until the processes exit, killed or not."""
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{e.rank}")
+    path = Path("/dev/shm") / name
+    if e.world_size > 1:
+        torch.distributed.barrier()
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # not ours to remove, or no /dev/shm: nothing leaks that we could clean
+        pass
 
 
 def barrier() -> None:
