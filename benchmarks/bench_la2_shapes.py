@@ -8,18 +8,17 @@ Shapes are BxTxHxDxE; bf16 inputs, per-head decay. Medians of triton.testing.do_
 """
 
 import argparse
-import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
-import triton
 from triton.testing import do_bench
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import results_io  # noqa: E402  (beside this script)
 
 
 def inputs(B, T, H, D, E, device="cuda", dtype=torch.bfloat16):
@@ -81,24 +80,15 @@ def main(argv=None) -> int:
             row = time_shape(shape, algo)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    name = torch.cuda.get_device_name()
-    meta = {"gpu": name, "torch": torch.__version__, "triton": triton.__version__,
-            "command": " ".join(["python", "benchmarks/bench_la2_shapes.py"] + (argv or sys.argv[1:])),
-            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "TNL_LA2_ALGO": os.environ.get("TNL_LA2_ALGO")}
+    meta = results_io.run_meta("benchmarks/bench_la2_shapes.py", argv)
+    name = meta["gpu"]
     lines = [f"# LA2 at model shapes ({name})", "", f"torch {meta['torch']}, triton {meta['triton']}; bf16, decay, "
              "v strided; medians in ms.", "", "| B x T x H x D x E | algo | fwd | fwd+bwd |", "|---|---|---|---|"]
     for r in rows:
         cells = [f"{r['B']}x{r['T']}x{r['H']}x{r['D']}x{r['E']}", r["algo"]]
         cells += [f"{r['fwd_ms']:.3f}", f"{r['fwd_bwd_ms']:.3f}"] if "error" not in r else [r["error"], ""]
         lines.append("| " + " | ".join(cells) + " |")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "la2_shapes_" + "".join(c if c.isalnum() else "_" for c in name)[:30] + dt.datetime.now(
-        dt.timezone.utc).strftime("_%Y%m%dT%H%M%SZ") + (f"_{args.tag}" if args.tag else "")
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results_io.write(args.out, "la2_shapes", meta, {"rows": rows}, lines, args.tag)
     return 0
 
 

@@ -9,8 +9,6 @@ must move at least (its tensor reads and writes, from the shape) and the bandwid
 """
 
 import argparse
-import datetime as dt
-import json
 import statistics
 import sys
 from collections import defaultdict
@@ -21,6 +19,8 @@ import triton
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import results_io  # noqa: E402  (beside this script)
 
 # tensor passes (one read or write of a (B, T, H, D)-sized bf16 tensor) each fused-path kernel makes at D = E;
 # the segment sums read two tensors (k, v forward; q, dO reverse) and write states that are small next to them
@@ -94,7 +94,8 @@ def main(argv=None) -> int:
                 run_once(*a)
         torch.cuda.synchronize()
         return 0
-    name = torch.cuda.get_device_name()
+    meta = results_io.run_meta("benchmarks/profile_la2.py", argv)
+    name = meta["gpu"]
     results = [breakdown(s, args.iters) for s in shapes]
     lines = [f"# LA2 fwd+bwd, kernel by kernel ({name})", "",
              f"torch {torch.__version__}, triton {triton.__version__}; bf16, decay; medians over {args.iters} "
@@ -108,16 +109,7 @@ def main(argv=None) -> int:
             lines.append(f"| {k['kernel'][:60]} | {k['calls_per_iter']:g} | {k['median_us']:.1f} | "
                          f"{k['total_us_per_iter']:.1f} | {gb} |")
         lines.append("")
-    meta = {"gpu": name, "torch": torch.__version__, "triton": triton.__version__,
-            "command": " ".join(["python", "benchmarks/profile_la2.py"] + (argv or sys.argv[1:])),
-            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "la2_profile_" + "".join(c if c.isalnum() else "_" for c in name)[:30] + dt.datetime.now(
-        dt.timezone.utc).strftime("_%Y%m%dT%H%M%SZ") + (f"_{args.tag}" if args.tag else "")
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "shapes": results}, indent=1))
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results_io.write(args.out, "la2_profile", meta, {"shapes": results}, lines, args.tag)
     return 0
 
 

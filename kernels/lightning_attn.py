@@ -266,12 +266,12 @@ def _forward_fused(plan, q, k, v, slope, h0, output_final_state):
 _SIDE_STREAMS: dict = {}
 
 
-def _side_stream(device) -> "torch.cuda.Stream":
-    """One extra CUDA stream per device, for the backward's overlapped segment-state pass (bwd key OVERLAP)."""
-    key = torch.device(device).index if torch.device(device).index is not None else torch.cuda.current_device()
-    if key not in _SIDE_STREAMS:
-        _SIDE_STREAMS[key] = torch.cuda.Stream(device=key)
-    return _SIDE_STREAMS[key]
+def _side_stream(device: torch.device) -> "torch.cuda.Stream":
+    """One extra CUDA stream per device (a CUDA tensor's device), for the backward's overlapped segment-state pass
+    (bwd key OVERLAP)."""
+    if device.index not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device.index] = torch.cuda.Stream(device=device)
+    return _SIDE_STREAMS[device.index]
 
 
 def _backward_fused(plan, q, k, v, slope, h0, do, dht, need_dh0, saved):

@@ -40,3 +40,15 @@ def test_tune_candidates_are_valid_configs(phase):
         assert cand.get("ALGO") in ALGOS, cand  # explicit: 16-bit inputs default to the fused walk
         cfg = get_config(128, 128, torch.bfloat16, 16, {phase: cand})
         assert cfg[phase]["ALGO"] == cand["ALGO"] and all(cfg[phase][k] == v for k, v in cand.items())
+
+
+def test_results_are_written_as_json_and_markdown_pairs(tmp_path, capsys):
+    import json
+
+    import results_io
+
+    meta = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "x", "triton": "y", "command": "python z"}
+    stem = results_io.write(tmp_path, "la2_shapes", meta, {"rows": [{"T": 1}]}, ["# t", "| a |"], tag="fused")
+    assert stem.name.startswith("la2_shapes_NVIDIA_H100_80GB_HBM3_") and stem.name.endswith("_fused")
+    assert json.loads(stem.with_suffix(".json").read_text()) == {"meta": meta, "rows": [{"T": 1}]}
+    assert stem.with_suffix(".md").read_text() == "# t\n| a |\n" and "| a |" in capsys.readouterr().out
