@@ -1,4 +1,4 @@
-"""Tune the LA2 block sizes on this GPU and write kernels/la2_tuned.json (read by tnl_kernels.la2_config).
+"""Tune the LA2 block sizes on this GPU and write its entry of kernels/la2_tuned.json (read by tnl_kernels.la2_config).
 
 For each shape class (few / mid / many (sequence, head) pairs at a fixed token count), time candidate forward
 configs (forward alone), keep the best, then candidate backward configs (forward + backward), keep the best.
@@ -148,10 +148,12 @@ def main(argv=None):
         print("tune_la2: needs a CUDA GPU", file=sys.stderr)
         return 2
     out = Path(args.out)
-    table = json.loads(out.read_text()) if out.exists() else {}
+    tables = json.loads(out.read_text()) if out.exists() else {}
+    gpu = torch.cuda.get_device_name()
+    table = tables.setdefault(gpu, {})
     import tnl_kernels.la2_config as la2c
 
-    la2c._tuned = lambda: {}  # candidates merge over the heuristics only, not over the table being rewritten
+    la2c.tuned_table = lambda gpu: {}  # candidates merge over the heuristics only, not over the table being rewritten
     log = []
     for D in map(int, args.dims.split(",")):
         for T in map(int, args.seq_lens.split(",")):
@@ -160,9 +162,9 @@ def main(argv=None):
                 table[key] = best
                 print(f"{key}: {best}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    out.write_text(json.dumps(tables, indent=1, sort_keys=True) + "\n")
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.log).write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "runs": log}, indent=1))
+    Path(args.log).write_text(json.dumps({"gpu": gpu, "runs": log}, indent=1))
     print(f"wrote {out} and {args.log}")
     return 0
 

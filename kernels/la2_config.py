@@ -27,8 +27,11 @@ Keys of a "fused" phase config (the backward runs three walks, dq forward, dv an
   BKS, BVS, BTS   key / value tiles and chunk length of the segment-sum pass (it and the segment scan, whose tiles
                   are at most 32 x 32, run only when a sequence has more than one segment); warps_seg / stages_seg
                   its launch parameters
-`la2_tuned.json` beside this file (written by benchmarks/tune_la2.py on a GPU) overrides the heuristic per key
-"<dtype>/D<D>/E<E>/<class>", class from the number of (sequence, head) pairs: few (<= 32), mid (< 128), many.
+`la2_tuned.json` beside this file (written by benchmarks/tune_la2.py on a GPU) overrides the heuristic per GPU model
+and key "<dtype>/D<D>/E<E>/<class>", class from the number of (sequence, head) pairs: few (<= 32), mid (< 128), many.
+Its top level maps torch.cuda.get_device_name() to that GPU's table: the best settings differ between GPU models (a
+2-stage backward walk won every class on an H200 and lost on an H100 at 8 warps). A GPU without a table of its own
+uses REFERENCE_GPU's, the card the heuristics were chosen on (as does any key a GPU's table lacks).
 Without a tuned entry or override, each phase runs default_algo's choice (fused for 16-bit inputs, chunked for fp32
 and for the forward of key dims above 128).
 A tuned or overriding phase config is merged over the heuristic of its own ALGO; a tuned phase of another ALGO than
@@ -44,6 +47,7 @@ import torch
 import triton
 
 TUNED_PATH = Path(__file__).with_name("la2_tuned.json")
+REFERENCE_GPU = "NVIDIA H100 80GB HBM3"
 
 
 def shape_class(nh: int) -> str:
@@ -60,10 +64,23 @@ def table_key(dtype: torch.dtype, D: int, E: int, nh: int) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _tuned() -> dict:
+    """The whole table file: {GPU name: {key: {phase: config}}}."""
     try:
         return json.loads(TUNED_PATH.read_text())
     except (OSError, ValueError):
         return {}
+
+
+@functools.lru_cache(maxsize=16)
+def _device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def tuned_table(gpu: str | None) -> dict:
+    """{key: {phase: config}} for GPU model `gpu` (None: no GPU, e.g. the CPU interpreter): its own entries, and
+    REFERENCE_GPU's for keys it lacks."""
+    tables = _tuned()
+    return {**tables.get(REFERENCE_GPU, {}), **tables.get(gpu, {})}
 
 
 def heuristic(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
@@ -134,12 +151,16 @@ def default_algo(phase: str, D: int, dtype: torch.dtype) -> str:
     return "fused"
 
 
-def get_config(D: int, E: int, dtype: torch.dtype, nh: int, override: dict | None = None) -> dict:
-    """Heuristic of each phase's ALGO, then the tuned table (when of the same ALGO), then `override`.
+def get_config(D: int, E: int, dtype: torch.dtype, nh: int, override: dict | None = None,
+               device: torch.device | None = None) -> dict:
+    """Heuristic of each phase's ALGO, then the tuned table of `device`'s GPU model (when of the same ALGO), then
+    `override`.
 
     The ALGO is the override's, else $TNL_LA2_ALGO (chunk | fused: one algorithm everywhere, for benchmarks and
     A/B runs), else the tuned table's, else default_algo's."""
-    tuned = _tuned().get(table_key(dtype, D, E, nh), {})
+    gpu = _device_name(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device is not None and device.type == "cuda" else None
+    tuned = tuned_table(gpu).get(table_key(dtype, D, E, nh), {})
     cfg = {}
     for phase in ("fwd", "bwd"):
         t, o = tuned.get(phase, {}), (override or {}).get(phase, {})

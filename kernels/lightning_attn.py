@@ -89,7 +89,7 @@ class _Plan:
         self.cu_seqlens = cu_seqlens
         self.N = cu_seqlens.numel() - 1 if self.varlen else self.B
         self.grid_bh = self.H if self.varlen else self.B * self.H
-        self.cfg = get_config(self.D, self.E, q.dtype, self.N * self.H, override)
+        self.cfg = get_config(self.D, self.E, q.dtype, self.N * self.H, override, q.device)
         self._tables = {}
         self._segs = {}
         # the fused walks index tokens inside a segment with int32 offsets: segments stay below 2^31 elements

@@ -127,7 +127,8 @@ def test_fused_config_merging(monkeypatch):
     import tnl_kernels.la2_config as la2c
 
     chunk_entry = {"fwd": {"BT": 128, "BV": 64, "warps_s": 4}, "bwd": {"BT": 64}}
-    monkeypatch.setattr(la2c, "_tuned", lambda: {la2c.table_key(torch.bfloat16, 128, 128, 16): chunk_entry})
+    table = {la2c.table_key(torch.bfloat16, 128, 128, 16): chunk_entry}
+    monkeypatch.setattr(la2c, "_tuned", lambda: {la2c.REFERENCE_GPU: table})
     cfg = get_config(128, 128, torch.bfloat16, 16, {"fwd": {"ALGO": "fused", "SEGT": 2048}})
     fused_fwd = la2c.heuristic_fused(128, 128, torch.bfloat16, 16)["fwd"]
     assert cfg["fwd"]["ALGO"] == "fused" and cfg["fwd"]["BT"] == fused_fwd["BT"] and cfg["fwd"]["BV"] == fused_fwd["BV"]

@@ -177,7 +177,24 @@ def test_config_keys_of_another_algorithm_are_an_error():
 def _tuned_entries():
     from tnl_kernels.la2_config import TUNED_PATH
 
-    return sorted(json.loads(TUNED_PATH.read_text()).items()) if TUNED_PATH.exists() else []
+    tables = json.loads(TUNED_PATH.read_text()) if TUNED_PATH.exists() else {}
+    return sorted((f"{gpu}:{key}", cfg) for gpu, table in tables.items() for key, cfg in table.items())
+
+
+def test_tuned_table_is_chosen_per_gpu_model(monkeypatch):
+    """A GPU's own tuned entry wins; a key it lacks, an unknown GPU and no GPU at all take the reference GPU's."""
+    import tnl_kernels.la2_config as la2c
+
+    key = la2c.table_key(torch.bfloat16, 128, 128, 16)
+    other = la2c.table_key(torch.bfloat16, 128, 128, 1024)
+    ref = {"fwd": {"ALGO": "fused", "BT": 32}}
+    tables = {la2c.REFERENCE_GPU: {key: ref, other: ref}, "GPU X": {key: {"fwd": {"ALGO": "fused", "BT": 128}}}}
+    monkeypatch.setattr(la2c, "_tuned", lambda: tables)
+    dev = torch.device("cuda", 0)
+    for gpu, nh, bt in [("GPU X", 16, 128), ("GPU X", 1024, 32), ("GPU Y", 16, 32)]:
+        monkeypatch.setattr(la2c, "_device_name", lambda i, gpu=gpu: gpu)
+        assert la2c.get_config(128, 128, torch.bfloat16, nh, device=dev)["fwd"]["BT"] == bt, (gpu, nh)
+    assert la2c.get_config(128, 128, torch.bfloat16, 16)["fwd"]["BT"] == 32
 
 
 @pytest.mark.parametrize("key,cfg", _tuned_entries() or [pytest.param("none", None, marks=pytest.mark.skip)])
