@@ -4,7 +4,13 @@ D=256 (q, k doubled by [cos, sin]) with E=128. v is read as a strided view, as t
 
     python benchmarks/bench_la2_shapes.py --shapes 16x2048x8x128x128,16x2048x8x256x128 --out benchmarks/results
 
-Shapes are BxTxHxDxE; bf16 inputs, per-head decay. Medians of triton.testing.do_bench in ms.
+Shapes are BxTxHxDxE; bf16 inputs, per-head decay. Medians of triton.testing.do_bench in ms. --algos also takes
+"default" (the tuned table as it stands) and A/B variants NAME=JSON, a config override merged over the tuned table:
+
+    python benchmarks/bench_la2_shapes.py --shapes 2x32768x16x128x128 \
+        --algos 'default;overlap={"bwd": {"OVERLAP": true}};plain={"bwd": {"OVERLAP": false}}'
+
+(a list holding a JSON variant is separated by ';').
 """
 
 import argparse
@@ -32,7 +38,23 @@ def inputs(B, T, H, D, E, device="cuda", dtype=torch.bfloat16):
     return q, k, v, slope
 
 
-def time_shape(shape, algo: str) -> dict:
+def variant(spec: str) -> tuple[str, dict | None]:
+    """(name, config override) of one --algos item: chunk, fused, default or NAME=JSON."""
+    if spec == "default":
+        return spec, None
+    if spec in ("chunk", "fused"):
+        return spec, {"fwd": {"ALGO": spec}, "bwd": {"ALGO": spec}}
+    name, sep, text = spec.partition("=")
+    try:
+        cfg = json.loads(text) if sep else None
+    except ValueError as err:
+        raise ValueError(f"--algos: {spec!r} is not NAME=JSON ({err})") from None
+    if not name or not isinstance(cfg, dict):
+        raise ValueError(f"--algos: {spec!r} is none of chunk, fused, default, NAME=JSON (a config object)")
+    return name, cfg
+
+
+def time_shape(shape, algo: str, cfg: dict | None = None) -> dict:
     from tnl_kernels import lightning_attn_triton
 
     B, T, H, D, E = shape
@@ -41,7 +63,6 @@ def time_shape(shape, algo: str) -> dict:
     with torch.no_grad():
         for t in (q, k):
             t.mul_(D ** -0.5)
-    cfg = {"fwd": {"ALGO": algo}, "bwd": {"ALGO": algo}}
     do = torch.randn(B, T, H, E, device="cuda", dtype=q.dtype)
 
     def fwd():
@@ -64,20 +85,24 @@ def time_shape(shape, algo: str) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="16x2048x8x128x128,16x2048x8x256x128,1x65536x8x128x128,1x65536x8x256x128")
-    p.add_argument("--algos", default="chunk,fused")
+    p.add_argument("--algos", default="chunk,fused", help="chunk, fused, default, NAME=JSON (see above)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--tag", default="", help="suffix for the output file names")
     args = p.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",") if s]
     if any(len(s) != 5 for s in shapes):
         p.error("--shapes: BxTxHxDxE, comma separated")
+    try:
+        variants = [variant(a) for a in args.algos.split(";" if ";" in args.algos else ",") if a]
+    except ValueError as err:
+        p.error(str(err))
     if not torch.cuda.is_available():
         print("error: bench_la2_shapes needs a CUDA GPU", file=sys.stderr)
         return 1
     rows = []
     for shape in shapes:
-        for algo in args.algos.split(","):
-            row = time_shape(shape, algo)
+        for algo, cfg in variants:
+            row = time_shape(shape, algo, cfg)
             rows.append(row)
             print(json.dumps(row), flush=True)
     meta = results_io.run_meta("benchmarks/bench_la2_shapes.py", argv)

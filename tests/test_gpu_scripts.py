@@ -52,3 +52,16 @@ def test_results_are_written_as_json_and_markdown_pairs(tmp_path, capsys):
     assert stem.name.startswith("la2_shapes_NVIDIA_H100_80GB_HBM3_") and stem.name.endswith("_fused")
     assert json.loads(stem.with_suffix(".json").read_text()) == {"meta": meta, "rows": [{"T": 1}]}
     assert stem.with_suffix(".md").read_text() == "# t\n| a |\n" and "| a |" in capsys.readouterr().out
+
+
+def test_shape_bench_variants():
+    """--algos items: the two algorithms, the table as it stands, and NAME=JSON overrides; anything else is an
+    argument error before any GPU work."""
+    assert bench_la2_shapes.variant("default") == ("default", None)
+    assert bench_la2_shapes.variant("chunk")[1] == {"fwd": {"ALGO": "chunk"}, "bwd": {"ALGO": "chunk"}}
+    assert bench_la2_shapes.variant('ov={"bwd": {"OVERLAP": true}}') == ("ov", {"bwd": {"OVERLAP": True}})
+    for bad in ("fast", "x={bad json", "x=[1]", "={}"):
+        with pytest.raises(ValueError):
+            bench_la2_shapes.variant(bad)
+    with pytest.raises(SystemExit):
+        bench_la2_shapes.main(["--shapes", "1x64x1x16x16", "--algos", "default;x=[1]"])
