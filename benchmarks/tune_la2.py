@@ -59,6 +59,8 @@ FWD += [
     # register cap for 3 (168, 1 stage) or 4 (128, 1 stage) walk programs per SM instead of 2, with spills
     {**F, "BV": 64, "warps": 4, "stages": 1, "maxnreg": 168},
     {**F, "BV": 64, "warps": 4, "stages": 1, "maxnreg": 128},
+    # every token in the segment sums (the default skips chunks whose decay weights are all below 2^-40)
+    {**F, "BV": 64, "warps": 4, "SEGCUT": 0},
 ]
 BWD += [
     F,
@@ -82,6 +84,8 @@ BWD += [
     {**F, "BV": 64, "warps": 4, "stages": 1, "maxnreg": 128},
     {**F, "BV": 64, "warps": 4, "OVERLAP": True},
     {**F, "BV": 64, "warps": 4, "BKS": 64, "warps_seg": 4, "OVERLAP": True},
+    {**F, "BV": 64, "warps": 4, "stages": 2, "OVERLAP": True},
+    {**F, "BV": 64, "warps": 4, "BKS": 64, "warps_seg": 4, "OVERLAP": True, "SEGCUT": 0},
 ]
 
 

@@ -27,6 +27,10 @@ Keys of a "fused" phase config (the backward runs three walks, dq forward, dv an
   BKS, BVS, BTS   key / value tiles and chunk length of the segment-sum pass (it and the segment scan, whose tiles
                   are at most 32 x 32, run only when a sequence has more than one segment); warps_seg / stages_seg
                   its launch parameters
+  SEGCUT          (bits) the segment sums skip chunks whose every decay weight lam^e is below 2^-SEGCUT: a head
+                  with slope s only needs the last SEGCUT * ln 2 / s tokens of each segment (default 40: weights
+                  below 1e-12 of the largest, far under the fp32 state's resolution; with the benchmarks' per-head
+                  slopes 2^(-8(h+1)/16) that leaves ~31% of the tokens of 4,096-token segments). 0: every token
 `la2_tuned.json` beside this file (written by benchmarks/tune_la2.py on a GPU) overrides the heuristic per GPU model
 and key "<dtype>/D<D>/E<E>/<class>", class from the number of (sequence, head) pairs: few (<= 32), mid (< 128), many.
 Its top level maps torch.cuda.get_device_name() to that GPU's table: the best settings differ between GPU models (a
@@ -123,7 +127,7 @@ def heuristic_fused(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
         # ncu found the 8-warp walks at one, 255 registers and spilling), 3 stages backward
         fwd_walk = bwd_walk = dict(walk, BV=64, warps=4)
     seg = 64 if dtype == torch.float32 else 128
-    phase = dict(ALGO="fused", **walk, stages=2, SEGT=0 if shape_class(nh) == "many" else 4096,
+    phase = dict(ALGO="fused", **walk, stages=2, SEGT=0 if shape_class(nh) == "many" else 4096, SEGCUT=40,
                  BKS=min(seg, BD), BVS=min(seg, BE), BTS=64, warps_seg=8 if seg == 128 and big >= 128 else 4,
                  stages_seg=2)
     # merged dk/dv walk: no spill on sm_90 for 64-wide heads; 312 B of spill at 128 x 128 (not the default there)

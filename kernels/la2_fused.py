@@ -264,13 +264,16 @@ def la2_walk_dkv_kernel(
 def la2_segsum_kernel(
     k, v, buf, slope, cu_seqlens, bnd_idx,
     s_kb, s_kt, s_kh, s_vb, s_vt, s_vh,
-    T, NSEG, SEGTOK,
+    T, NSEG, SEGTOK, cut,
     H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DECAY: tl.constexpr, REVERSE: tl.constexpr, IS_VARLEN: tl.constexpr, PREC: tl.constexpr,
 ):
     """Grid (boundaries * H * cdiv(DK,BK) * cdiv(DV,BV),). buf[r, h] <- one segment's own contribution to the state
     at boundary r: forward segment j, sum_t lam^(end-1-t) k_t^T v_t; REVERSE segment j+1, sum_t lam^(t-start+1)
-    k_t^T v_t (t relative to the segment). buf is (rows, H, DK, DV) fp32 contiguous."""
+    k_t^T v_t (t relative to the segment). buf is (rows, H, DK, DV) fp32 contiguous.
+    cut > 0 (nats): chunks whose every weight lam^e is below exp(-cut) are not read (with decay, a head's segment
+    sum only needs its last cut / slope tokens: the weight of the others is below what the fp32 sum can resolve
+    next to them when cut is ~28 nats and more); cut <= 0 sums every token."""
     NK = (DK + BK - 1) // BK
     NV = (DV + BV - 1) // BV
     pid = tl.program_id(0)
@@ -298,10 +301,20 @@ def la2_segsum_kernel(
     m_v = o_v < DV
     p_k = k + i_b * s_kb + (bos + lo) * s_kt + i_h * s_kh
     p_v = v + i_b * s_vb + (bos + lo) * s_vt + i_h * s_vh
+    c_lo = 0
+    c_hi = tl.cdiv(n_tok, BT)
     if HAS_DECAY:
         b_slope = tl.load(slope + i_h)
+        # weights lam^e with e > keep are below exp(-cut): forward, e = n_tok-1-t (skip the first chunks);
+        # REVERSE, e = t+1 (skip the last ones)
+        keep = tl.minimum(cut / tl.maximum(b_slope, 1e-30), 1073741824.0).to(tl.int32)
+        keep = tl.where(cut > 0, keep, 1073741824)
+        if REVERSE:
+            c_hi = tl.minimum(c_hi, tl.cdiv(keep, BT))
+        else:
+            c_lo = tl.maximum(n_tok - 1 - keep, 0) // BT
     b_s = tl.zeros([BK, BV], dtype=tl.float32)
-    for c in range(0, tl.cdiv(n_tok, BT)):
+    for c in range(c_lo, c_hi):
         t = c * BT + o_t
         m_t = t < n_tok
         b_k = tl.load(p_k + t[:, None] * s_kt + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)

@@ -11,6 +11,7 @@ Two algorithms, chosen per phase by the config key ALGO (la2_config):
   backward when the backward cuts segments the same way.
 """
 
+import math
 import weakref
 
 import torch
@@ -222,8 +223,9 @@ def _seg_states(plan, segs, c, k, v, slope, init, reverse):
     BV = min(c["BVS"], max(32, triton.next_power_of_2(DV)))
     tiles = triton.cdiv(DK, BK) * triton.cdiv(DV, BV)
     common = dict(HAS_DECAY=slope is not None, REVERSE=reverse, IS_VARLEN=plan.varlen)
+    cut = c["SEGCUT"] * math.log(2.0)  # bits -> nats
     args = (k, v, buf, slope, plan.cu_seqlens, segs.bnd_idx, *_strides(k), *_strides(v), plan.T, segs.NSEG,
-            segs.SEGTOK, plan.H, DK, DV, c.get("BTS", c["BT"]), BK, BV)
+            segs.SEGTOK, cut, plan.H, DK, DV, c.get("BTS", c["BT"]), BK, BV)
     _launch(la2_segsum_kernel, (segs.n_bnd * plan.H * tiles,), args, dict(common, PREC=_prec(k.dtype)),
             c["warps_seg"], c["stages_seg"])
     # the scan is a serial walk over a sequence's boundaries: small tiles give it many programs (an H100 spent
