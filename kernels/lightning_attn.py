@@ -363,8 +363,8 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
     Differentiable in q, k, v and initial_state. Expects inputs already validated by tnl.ops.
     config: optional {"fwd": {...}, "bwd": {...}} overriding block sizes and the algorithm per phase
     ({"ALGO": "fused", ...}; see la2_config; used by the tuner), and "DMAX" / "EMAX" (default 128 each): a key
-    dim above DMAX is cut into equal parts of at most DMAX, one kernel call each, outputs summed (fp32) and final
-    states concatenated along D; a value dim above EMAX likewise into parts whose outputs and states are
+    dim above DMAX is cut into equal parts of at most DMAX, one kernel call each, outputs summed (one rounding)
+    and final states concatenated along D; a value dim above EMAX likewise into parts whose outputs and states are
     concatenated along E. Both are exact (q.k is a sum over key-dim parts; output column e reads only column e of
     v), and they keep every kernel call at the 128 x 128 state the blocks are tuned for: the fused walk took 4.0 ms
     at the LRPE layer's D = 256 against 2 x 0.64 predicted for two D = 128 calls, and D = E = 256 with only the
@@ -406,8 +406,14 @@ def _split_keys(q, k, v, slope, initial_state, output_final_state, cu_seqlens, c
            else [None] * triton.cdiv(D, part))
     outs = [LightningAttnFunction.apply(qi, ki, v, slope, h0, bool(output_final_state), cu_seqlens, config)
             for qi, ki, h0 in zip(q.split(part, dim=-1), k.split(part, dim=-1), h0s)]
-    o = outs[0][0].float()
-    for oi, _ in outs[1:]:
-        o = o + oi.float()  # summed in fp32
+    if len(outs) == 2:
+        # one rounding as with an fp32 sum (the add computes in fp32), without 16-bit <-> fp32 copies: the LRPE
+        # layer's D = 256 runs here, and the copies made 5 extra passes over o forward and 3 over its gradient
+        o = outs[0][0] + outs[1][0]
+    else:
+        o = outs[0][0].float()
+        for oi, _ in outs[1:]:
+            o = o + oi.float()  # summed in fp32, rounded once
+        o = o.to(q.dtype)
     ht = torch.cat([ht for _, ht in outs], dim=2) if output_final_state else None
-    return o.to(q.dtype), ht
+    return o, ht

@@ -208,10 +208,12 @@ def test_lightning_attn_tuned_table_configs(key, cfg, monkeypatch):
 
 @pytest.mark.parametrize("D,E,dmax,emax,dtype,cu", [
     (48, 24, 16, 128, torch.float32, None), (40, 24, 16, 128, torch.float16, [0, 1, 30, 57]),
+    (32, 24, 16, 128, torch.float16, None),
     (256, 24, 512, 128, torch.float32, None),
     (24, 48, 128, 16, torch.float32, None), (40, 40, 16, 16, torch.float16, [0, 1, 30, 57])])
 def test_head_dim_split(D, E, dmax, emax, dtype, cu, monkeypatch):
-    """Key dims above DMAX run as near-equal parts (48 -> 3 x 16; 40 -> 14 + 14 + 12, packed) whose outputs add and
+    """Key dims above DMAX run as near-equal parts (48 -> 3 x 16; 40 -> 14 + 14 + 12, packed; 32 -> 2 x 16, added
+    in 16 bits with one rounding) whose outputs add and
     whose states stack along D; value dims above EMAX as parts whose outputs and states are concatenated along E
     (48 -> 3 x 16; 40 x 40 splits both ways); DMAX = 512 runs D = 256 in one call. With initial and final states."""
     B = 2 if cu is None else 1
