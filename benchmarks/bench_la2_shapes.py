@@ -27,6 +27,15 @@ sys.path.insert(0, str(REPO))
 import results_io  # noqa: E402  (beside this script)
 
 
+def plain_inputs(B, T, H, D, E, device="cuda", dtype=torch.bfloat16):
+    """scripts/bench_kernels.py's inputs: contiguous q, k, v of N(0, 1/4) values, slopes 2^(-8(h+1)/H)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v = ((torch.randn(B, T, H, d, device=device, generator=g) * 0.5).to(dtype).requires_grad_()
+               for d in (D, D, E))
+    slope = torch.tensor([2 ** (-8 * (h + 1) / H) for h in range(H)], device=device)
+    return q, k, v, slope
+
+
 def inputs(B, T, H, D, E, device="cuda", dtype=torch.bfloat16):
     g = torch.Generator(device=device).manual_seed(0)
     q = torch.randn(B, T, H, D, device=device, dtype=dtype, generator=g).requires_grad_()
@@ -54,15 +63,18 @@ def variant(spec: str) -> tuple[str, dict | None]:
     return name, cfg
 
 
-def time_shape(shape, algo: str, cfg: dict | None = None) -> dict:
+def time_shape(shape, algo: str, cfg: dict | None = None, plain: bool = False) -> dict:
     from tnl_kernels import lightning_attn_triton
 
     B, T, H, D, E = shape
-    q, k, v, slope = inputs(B, T, H, D, E)
-    # inputs are scaled small so that fp32 state sums stay tame at long T
-    with torch.no_grad():
-        for t in (q, k):
-            t.mul_(D ** -0.5)
+    if plain:
+        q, k, v, slope = plain_inputs(B, T, H, D, E)
+    else:
+        q, k, v, slope = inputs(B, T, H, D, E)
+        # inputs are scaled small so that fp32 state sums stay tame at long T
+        with torch.no_grad():
+            for t in (q, k):
+                t.mul_(D ** -0.5)
     do = torch.randn(B, T, H, E, device="cuda", dtype=q.dtype)
 
     def fwd():
@@ -72,7 +84,7 @@ def time_shape(shape, algo: str, cfg: dict | None = None) -> dict:
         o = fwd()
         torch.autograd.backward(o, do)
 
-    row = {"B": B, "T": T, "H": H, "D": D, "E": E, "algo": algo}
+    row = {"B": B, "T": T, "H": H, "D": D, "E": E, "algo": algo, "inputs": "plain" if plain else "model"}
     try:
         with torch.no_grad():
             row["fwd_ms"] = do_bench(fwd, warmup=25, rep=100, return_mode="median")
@@ -86,6 +98,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="16x2048x8x128x128,16x2048x8x256x128,1x65536x8x128x128,1x65536x8x256x128")
     p.add_argument("--algos", default="chunk,fused", help="chunk, fused, default, NAME=JSON (see above)")
+    p.add_argument("--inputs", default="model", choices=["model", "plain", "both"],
+                   help="model: v a strided view, small q, k (the model's calls); plain: bench_kernels' inputs")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--tag", default="", help="suffix for the output file names")
     args = p.parse_args(argv)
@@ -100,17 +114,21 @@ def main(argv=None) -> int:
         print("error: bench_la2_shapes needs a CUDA GPU", file=sys.stderr)
         return 1
     rows = []
+    kinds = {"model": [False], "plain": [True], "both": [False, True]}[args.inputs]
     for shape in shapes:
-        for algo, cfg in variants:
-            row = time_shape(shape, algo, cfg)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        for plain in kinds:
+            for algo, cfg in variants:
+                row = time_shape(shape, algo, cfg, plain)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     meta = results_io.run_meta("benchmarks/bench_la2_shapes.py", argv)
     name = meta["gpu"]
     lines = [f"# LA2 at model shapes ({name})", "", f"torch {meta['torch']}, triton {meta['triton']}; bf16, decay, "
-             "v strided; medians in ms.", "", "| B x T x H x D x E | algo | fwd | fwd+bwd |", "|---|---|---|---|"]
+             "inputs 'model': v strided, q and k scaled by D^-1/2, slopes 0.01-0.5; 'plain': "
+             "scripts/bench_kernels.py's; medians in ms.", "",
+             "| B x T x H x D x E | inputs | algo | fwd | fwd+bwd |", "|---|---|---|---|---|"]
     for r in rows:
-        cells = [f"{r['B']}x{r['T']}x{r['H']}x{r['D']}x{r['E']}", r["algo"]]
+        cells = [f"{r['B']}x{r['T']}x{r['H']}x{r['D']}x{r['E']}", r["inputs"], r["algo"]]
         cells += [f"{r['fwd_ms']:.3f}", f"{r['fwd_bwd_ms']:.3f}"] if "error" not in r else [r["error"], ""]
         lines.append("| " + " | ".join(cells) + " |")
     results_io.write(args.out, "la2_shapes", meta, {"rows": rows}, lines, args.tag)
