@@ -18,7 +18,8 @@ Keys of a "fused" phase config (the backward runs three walks, dq forward, dv an
   warps, stages   num_warps / num_stages of the walk
   maxnreg         optional register cap of the walk (per thread): the 4-warp walk takes 254 registers and 88 KiB
                   of shared memory at 2 stages, so 2 programs per SM; 168 registers and 1 stage (48 KiB) would fit
-                  3, at 392-424 B of spill (sm_90 compile on the CPU machine, benchmarks/NOTES.md)
+                  3, at 392-424 B of spill (sm_90 compile on the CPU machine); measured 2-4x slower on an H100
+                  and an H200 (the spilled state round-trips through local memory every chunk): kept for experiments
   DKV             (backward) true: dk and dv from one reversed walk holding the whole D x E state (reads q, k, v,
                   dO once: -2 units; more registers); only where next_pow2(D) * next_pow2(E) <= 128 * 128
   OVERLAP         (backward) true: the reverse segment states (segment sums of q, dO + scan) run on a second CUDA
