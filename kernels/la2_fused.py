@@ -104,6 +104,12 @@ def _enter(state, init, boff, i_n, i_s, ns, i_h, o_k, o_v, s_sr, s_sh, s_sk, s_s
 
 
 @triton.jit
+def _decay_mask(o_t, keep, b_slope):
+    """lam^(i-j) where keep (i >= j), else 0: the chunk's causal decay matrix."""
+    return tl.where(keep, tl.exp(-b_slope * tl.where(keep, o_t[:, None] - o_t[None, :], 0).to(tl.float32)), 0.0)
+
+
+@triton.jit
 def _load_qkv(p_q, p_k, p_v, s_qt, s_kt, s_vt, t, m_t, o_k, o_v, m_k, m_v):
     """One chunk's q, k (rows t, key columns o_k) and v (value columns o_v), zero outside the masks; and the
     (row, key) and (row, value) masks for the stores."""
@@ -151,7 +157,7 @@ def la2_walk_kernel(
     keep = o_t[:, None] >= o_t[None, :]
     if HAS_DECAY:
         b_slope = tl.load(slope + i_h)
-        b_m = tl.where(keep, tl.exp(-b_slope * tl.where(keep, o_t[:, None] - o_t[None, :], 0).to(tl.float32)), 0.0)
+        b_m = _decay_mask(o_t, keep, b_slope)
         # forward: lam^(j+1) q_j S and lam^(L-1-j) k_j^T v_j; reversed view: lam^j and lam^(L-j) (see module doc)
         if REVERSE:
             w_o = tl.exp(-b_slope * o_t.to(tl.float32))
@@ -223,7 +229,7 @@ def la2_walk_dkv_kernel(
     keep = o_t[:, None] >= o_t[None, :]
     if HAS_DECAY:
         b_slope = tl.load(slope + i_h)
-        b_m = tl.where(keep, tl.exp(-b_slope * tl.where(keep, o_t[:, None] - o_t[None, :], 0).to(tl.float32)), 0.0)
+        b_m = _decay_mask(o_t, keep, b_slope)
         w_o = tl.exp(-b_slope * o_t.to(tl.float32))
     else:
         b_m = tl.where(keep, 1.0, 0.0)
