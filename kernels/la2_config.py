@@ -88,6 +88,17 @@ def tuned_table(gpu: str | None) -> dict:
     return {**tables.get(REFERENCE_GPU, {}), **tables.get(gpu, {})}
 
 
+def table_note(gpu: str) -> str:
+    """One line for run logs: which tuned block table GPU model `gpu` runs with."""
+    tables = _tuned()
+    if gpu in tables:
+        return f"LA2 blocks: tuned table for {gpu}"
+    if REFERENCE_GPU in tables:
+        return (f"LA2 blocks: no tuned table for {gpu}, using the {REFERENCE_GPU} one "
+                "(python benchmarks/tune_la2.py tunes this GPU)")
+    return "LA2 blocks: heuristic defaults (no tuned table)"
+
+
 def heuristic(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
     """Safe defaults: fit the shared memory of an H100 for every D, E <= 256 and dtype."""
     BD = max(16, triton.next_power_of_2(D))

@@ -195,6 +195,10 @@ def test_tuned_table_is_chosen_per_gpu_model(monkeypatch):
         monkeypatch.setattr(la2c, "_device_name", lambda i, gpu=gpu: gpu)
         assert la2c.get_config(128, 128, torch.bfloat16, nh, device=dev)["fwd"]["BT"] == bt, (gpu, nh)
     assert la2c.get_config(128, 128, torch.bfloat16, 16)["fwd"]["BT"] == 32
+    assert la2c.table_note("GPU X") == "LA2 blocks: tuned table for GPU X"
+    assert "no tuned table for GPU Y" in la2c.table_note("GPU Y") and la2c.REFERENCE_GPU in la2c.table_note("GPU Y")
+    monkeypatch.setattr(la2c, "_tuned", lambda: {})
+    assert "heuristic" in la2c.table_note("GPU X")
 
 
 @pytest.mark.parametrize("key,cfg", _tuned_entries() or [pytest.param("none", None, marks=pytest.mark.skip)])

@@ -177,6 +177,10 @@ def main(cfg: DictConfig) -> int:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
     env = dist.init(device_type)
     device = torch.device(device_type, env.local_rank) if device_type == "cuda" else torch.device("cpu")
+    if device_type == "cuda" and env.is_main:
+        from tnl_kernels.la2_config import table_note
+
+        log.info(table_note(torch.cuda.get_device_name(device)))
     run_dir = Path(cfg.run_dir)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
