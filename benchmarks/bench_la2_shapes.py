@@ -58,9 +58,12 @@ def variant(spec: str) -> tuple[str, dict | None]:
         cfg = json.loads(text) if sep else None
     except ValueError as err:
         raise ValueError(f"--algos: {spec!r} is not NAME=JSON ({err})") from None
-    if not name or not isinstance(cfg, dict):
+    if not name.strip() or not isinstance(cfg, dict):
         raise ValueError(f"--algos: {spec!r} is none of chunk, fused, default, NAME=JSON (a config object)")
-    return name, cfg
+    unknown = set(cfg) - {"fwd", "bwd", "DMAX", "EMAX"}
+    if unknown:  # e.g. {"OVERLAP": true} without "bwd": the kernels would ignore it and time the default twice
+        raise ValueError(f"--algos: {spec!r} has keys {sorted(unknown)}; a config has fwd, bwd, DMAX, EMAX")
+    return name.strip(), cfg
 
 
 def time_shape(shape, algo: str, cfg: dict | None = None, plain: bool = False) -> dict:
@@ -107,7 +110,9 @@ def main(argv=None) -> int:
     if any(len(s) != 5 for s in shapes):
         p.error("--shapes: BxTxHxDxE, comma separated")
     try:
-        variants = [variant(a) for a in args.algos.split(";" if ";" in args.algos else ",") if a]
+        # a JSON variant holds commas: such lists are separated by ';'
+        sep = ";" if (";" in args.algos or "=" in args.algos) else ","
+        variants = [variant(a.strip()) for a in args.algos.split(sep) if a.strip()]
     except ValueError as err:
         p.error(str(err))
     if not torch.cuda.is_available():

@@ -148,11 +148,11 @@ def main(argv=None):
         print("tune_la2: needs a CUDA GPU", file=sys.stderr)
         return 2
     out = Path(args.out)
-    tables = json.loads(out.read_text()) if out.exists() else {}
-    gpu = torch.cuda.get_device_name()
-    table = tables.setdefault(gpu, {})
     import tnl_kernels.la2_config as la2c
 
+    tables = la2c.check_tables(json.loads(out.read_text()), str(out)) if out.exists() else {}
+    gpu = torch.cuda.get_device_name()
+    table = tables.setdefault(gpu, {})
     la2c.tuned_table = lambda gpu: {}  # candidates merge over the heuristics only, not over the table being rewritten
     log = []
     for D in map(int, args.dims.split(",")):

@@ -29,13 +29,16 @@ Keys of a "fused" phase config (the backward runs three walks, dq forward, dv an
                   are at most 32 x 32, run only when a sequence has more than one segment); warps_seg / stages_seg
                   its launch parameters
   SEGCUT          (bits) the segment sums skip chunks whose every decay weight lam^e is below 2^-SEGCUT: a head
-                  with slope s only needs the last SEGCUT * ln 2 / s tokens of each segment (default 40: weights
-                  below 1e-12 of the largest, far under the fp32 state's resolution; with the benchmarks' per-head
-                  slopes 2^(-8(h+1)/16) that leaves ~31% of the tokens of 4,096-token segments). 0: every token
+                  with slope s only needs the SEGCUT * ln 2 / s tokens of each segment nearest the boundary (the
+                  last ones forward, the first ones in the reversed backward sums). Default 40: a dropped token
+                  moves the sum by at most 2^-40 of its own k^T v, far below bf16 inputs' rounding unless it is
+                  ~10^9 times larger than the kept tokens'; with the benchmarks' per-head slopes 2^(-8(h+1)/16) the
+                  sums read ~31% of the chunks of 4,096-token segments. 0: every token
 `la2_tuned.json` beside this file (written by benchmarks/tune_la2.py on a GPU) overrides the heuristic per GPU model
 and key "<dtype>/D<D>/E<E>/<class>", class from the number of (sequence, head) pairs: few (<= 32), mid (< 128), many.
-Its top level maps torch.cuda.get_device_name() to that GPU's table: the best settings differ between GPU models (a
-2-stage backward walk won every class on an H200 and lost on an H100 at 8 warps). A GPU without a table of its own
+Its top level maps torch.cuda.get_device_name() to that GPU's table: the best settings differ between GPU models (the
+4-warp backward walk at 2 stages beat 3 stages by 5-6% in every class on an H200, and only in one, within 1%, on an
+H100). A GPU without a table of its own
 uses REFERENCE_GPU's, the card the heuristics were chosen on (as does any key a GPU's table lacks).
 Without a tuned entry or override, each phase runs default_algo's choice (fused for 16-bit inputs, chunked for fp32
 and for the forward of key dims above 128).
@@ -67,13 +70,24 @@ def table_key(dtype: torch.dtype, D: int, E: int, nh: int) -> str:
     return f"{str(dtype).replace('torch.', '')}/D{D}/E{E}/{shape_class(nh)}"
 
 
+def check_tables(tables: dict, where: str) -> dict:
+    """`tables` if it is {GPU name: {key: {phase: config}}}; a file of the older single-GPU form
+    ({key: {phase: config}}, before session 4) is one clear error, not a table silently ignored."""
+    flat = [k for k, v in tables.items() if isinstance(v, dict) and ({"fwd", "bwd"} & set(v))]
+    if flat:
+        raise ValueError(f"{where}: entries {flat[:3]} are not under a GPU name (the older single-GPU format); "
+                         "nest them under the name of the GPU they were tuned on, or re-run benchmarks/tune_la2.py")
+    return tables
+
+
 @functools.lru_cache(maxsize=1)
 def _tuned() -> dict:
     """The whole table file: {GPU name: {key: {phase: config}}}."""
     try:
-        return json.loads(TUNED_PATH.read_text())
+        tables = json.loads(TUNED_PATH.read_text())
     except (OSError, ValueError):
         return {}
+    return check_tables(tables, str(TUNED_PATH))
 
 
 @functools.lru_cache(maxsize=16)

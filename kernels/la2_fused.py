@@ -277,9 +277,9 @@ def la2_segsum_kernel(
     """Grid (boundaries * H * cdiv(DK,BK) * cdiv(DV,BV),). buf[r, h] <- one segment's own contribution to the state
     at boundary r: forward segment j, sum_t lam^(end-1-t) k_t^T v_t; REVERSE segment j+1, sum_t lam^(t-start+1)
     k_t^T v_t (t relative to the segment). buf is (rows, H, DK, DV) fp32 contiguous.
-    cut > 0 (nats): chunks whose every weight lam^e is below exp(-cut) are not read (with decay, a head's segment
-    sum only needs its last cut / slope tokens: the weight of the others is below what the fp32 sum can resolve
-    next to them when cut is ~28 nats and more); cut <= 0 sums every token."""
+    cut > 0 (nats): chunks whose every weight lam^e is below exp(-cut) are not read: with decay, a head's segment
+    sum only needs the cut / slope tokens nearest the boundary (the last ones forward, the first ones REVERSE); a
+    dropped token moves the sum by less than exp(-cut) times its own k^T v. cut <= 0 sums every token."""
     NK = (DK + BK - 1) // BK
     NV = (DV + BV - 1) // BV
     pid = tl.program_id(0)

@@ -363,8 +363,8 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
     Differentiable in q, k, v and initial_state. Expects inputs already validated by tnl.ops.
     config: optional {"fwd": {...}, "bwd": {...}} overriding block sizes and the algorithm per phase
     ({"ALGO": "fused", ...}; see la2_config; used by the tuner), and "DMAX" / "EMAX" (default 128 each): a key
-    dim above DMAX is cut into equal parts of at most DMAX, one kernel call each, outputs summed (one rounding)
-    and final states concatenated along D; a value dim above EMAX likewise into parts whose outputs and states are
+    dim above DMAX is cut into equal parts of at most DMAX, one kernel call each, outputs (each in q's dtype)
+    summed in fp32 and rounded once, and final states concatenated along D; a value dim above EMAX likewise into parts whose outputs and states are
     concatenated along E. Both are exact (q.k is a sum over key-dim parts; output column e reads only column e of
     v), and they keep every kernel call at the 128 x 128 state the blocks are tuned for: the fused walk took 4.0 ms
     at the LRPE layer's D = 256 against 2 x 0.64 predicted for two D = 128 calls, and D = E = 256 with only the

@@ -60,8 +60,11 @@ def test_shape_bench_variants():
     assert bench_la2_shapes.variant("default") == ("default", None)
     assert bench_la2_shapes.variant("chunk")[1] == {"fwd": {"ALGO": "chunk"}, "bwd": {"ALGO": "chunk"}}
     assert bench_la2_shapes.variant('ov={"bwd": {"OVERLAP": true}}') == ("ov", {"bwd": {"OVERLAP": True}})
-    for bad in ("fast", "x={bad json", "x=[1]", "={}"):
+    for bad in ("fast", "x={bad json", "x=[1]", "={}", 'x={"OVERLAP": true}'):
         with pytest.raises(ValueError):
             bench_la2_shapes.variant(bad)
     with pytest.raises(SystemExit):
         bench_la2_shapes.main(["--shapes", "1x64x1x16x16", "--algos", "default;x=[1]"])
+    # one JSON variant holding commas parses (then the script stops: no CUDA here)
+    both = 'x={"fwd": {"ALGO": "fused"}, "bwd": {"ALGO": "fused"}}'
+    assert bench_la2_shapes.main(["--shapes", "1x64x1x16x16", "--algos", both]) == 1

@@ -30,7 +30,7 @@ def fused(**kw):
 def run(B, T, H, D, E, dtype, decay, with_h0, cu, config, seed, with_final=True, strided=False, slopes=None,
         check=True):
     """Kernel vs float64 recurrence for forward and all gradients; returns the relative errors (check: assert each
-    is within TOL). slopes: (low, high) of the per-head decay rates, default (0.01, 0.41)."""
+    is within TOL). slopes: (low, high) of the per-head decay rates, default (0.01, 0.41), or a list of them."""
     g = torch.Generator().manual_seed(seed)
     if strided:  # q, k, v as views of one fused projection, q from a (B, H, T, D) tensor: read in place
         fused_qkv = torch.randn(B, T, H, 2 * D + E, generator=g).to(dtype)
@@ -40,8 +40,11 @@ def run(B, T, H, D, E, dtype, decay, with_h0, cu, config, seed, with_final=True,
     else:
         q, k = (torch.randn(B, T, H, D, generator=g).to(dtype) for _ in range(2))
         v = torch.randn(B, T, H, E, generator=g).to(dtype)
-    lo, hi = slopes or (0.01, 0.41)
-    slope = (torch.rand(H, generator=g) * (hi - lo) + lo) if decay else None
+    if isinstance(slopes, list):  # the rates themselves
+        slope = torch.tensor(slopes, dtype=torch.float32) if decay else None
+    else:
+        lo, hi = slopes or (0.01, 0.41)
+        slope = (torch.rand(H, generator=g) * (hi - lo) + lo) if decay else None
     cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32)
     N = B if cu is None else len(cu) - 1
     h0 = torch.randn(N, H, D, E, generator=g) if with_h0 else None
@@ -123,6 +126,13 @@ def test_segment_sums_skip_decayed_chunks(cu):
     assert errs["o"] > 1e-3 and errs["final_state"] > 1e-3, errs
     errs = run(*shape, {"fwd": cfg, "bwd": coarse}, 3, slopes=(0.05, 0.1), check=False)
     assert errs["o"] < 1e-5 and max(errs["dk"], errs["dv"]) > 1e-4, errs
+
+
+@pytest.mark.parametrize("segcut", [40, 0])
+def test_segment_sums_with_a_head_without_decay(segcut):
+    """A zero rate (no decay: every token counts) next to a strong one, with the skip on and off (SEGCUT = 0)."""
+    cfg = fused(SEGT=80, BTS=16, SEGCUT=segcut)
+    run(2, 200, 3, 16, 16, torch.float32, True, True, None, {"fwd": cfg, "bwd": cfg}, 4, slopes=[0.0, 2.0, 0.02])
 
 
 def test_fused_strided_inputs_no_final_state():

@@ -199,6 +199,10 @@ def test_tuned_table_is_chosen_per_gpu_model(monkeypatch):
     assert "no tuned table for GPU Y" in la2c.table_note("GPU Y") and la2c.REFERENCE_GPU in la2c.table_note("GPU Y")
     monkeypatch.setattr(la2c, "_tuned", lambda: {})
     assert "heuristic" in la2c.table_note("GPU X")
+    # a table file of the older single-GPU form is one clear error
+    with pytest.raises(ValueError, match="not under a GPU name"):
+        la2c.check_tables({key: ref}, "la2_tuned.json")
+    assert la2c.check_tables(tables, "la2_tuned.json") is tables
 
 
 @pytest.mark.parametrize("key,cfg", _tuned_entries() or [pytest.param("none", None, marks=pytest.mark.skip)])
@@ -226,3 +230,15 @@ def test_head_dim_split(D, E, dmax, emax, dtype, cu, monkeypatch):
     monkeypatch.setattr(tnl_kernels, "lightning_attn_triton",
                         lambda *a: real(*a, config={"DMAX": dmax, "EMAX": emax}))
     check(q, k, v, slope, h0, cu_t, g)
+
+
+def test_two_key_parts_add_with_one_rounding():
+    """Two key-dim parts add in 16 bits: bit-identical to summing the parts' outputs in fp32 and rounding once."""
+    g = torch.Generator().manual_seed(77)
+    q, k = (torch.randn(1, 40, 2, 32, generator=g).half() for _ in range(2))
+    v = torch.randn(1, 40, 2, 24, generator=g).half()
+    slope = torch.tensor([0.05, 0.3])
+    o = tnl_kernels.lightning_attn_triton(q, k, v, slope, config={"DMAX": 16})[0]
+    parts = [tnl_kernels.lightning_attn_triton(q[..., s], k[..., s], v, slope)[0]
+             for s in (slice(0, 16), slice(16, 32))]
+    assert torch.equal(o, (parts[0].float() + parts[1].float()).half())
