@@ -56,7 +56,7 @@ FWD += [
     {**F, "BV": 64, "warps": 4, "BTS": 128},
     {**F, "BV": 64, "warps": 4, "stages_seg": 3},
     {**F, "BV": 64, "warps": 4, "BKS": 64, "warps_seg": 4},
-    # (register caps, key maxnreg, lost 2-4x on an H100 and an H200 in session 4: spilled state; not tried again)
+    # (register caps lost 2-4x on an H100 and an H200 in session 4, the state spilling: removed)
     # every token in the segment sums (the default skips chunks whose decay weights are all below 2^-40)
     {**F, "BV": 64, "warps": 4, "SEGCUT": 0},
 ]

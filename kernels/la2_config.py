@@ -16,10 +16,6 @@ Keys of a "fused" phase config (the backward runs three walks, dq forward, dv an
   SEGT            target tokens per segment (rounded down to a multiple of BT); segments of a sequence are walked
                   in parallel. 0: one segment per sequence (no segment-state passes at all)
   warps, stages   num_warps / num_stages of the walk
-  maxnreg         optional register cap of the walk (per thread): the 4-warp walk takes 254 registers and 88 KiB
-                  of shared memory at 2 stages, so 2 programs per SM; 168 registers and 1 stage (48 KiB) would fit
-                  3, at 392-424 B of spill (sm_90 compile on the CPU machine); measured 2-4x slower on an H100
-                  and an H200 (the spilled state round-trips through local memory every chunk): kept for experiments
   DKV             (backward) true: dk and dv from one reversed walk holding the whole D x E state (reads q, k, v,
                   dO once: -2 units; more registers); only where next_pow2(D) * next_pow2(E) <= 128 * 128
   OVERLAP         (backward) true: the reverse segment states (segment sums of q, dO + scan) run on a second CUDA
@@ -38,8 +34,8 @@ Keys of a "fused" phase config (the backward runs three walks, dq forward, dv an
 and key "<dtype>/D<D>/E<E>/<class>", class from the number of (sequence, head) pairs: few (<= 32), mid (< 128), many.
 Its top level maps torch.cuda.get_device_name() to that GPU's table: the best settings differ between GPU models (the
 4-warp backward walk at 2 stages beat 3 stages by 5-6% in every class on an H200, and only in one, within 1%, on an
-H100). A GPU without a table of its own
-uses REFERENCE_GPU's, the card the heuristics were chosen on (as does any key a GPU's table lacks).
+H100). A GPU without a table of its own uses REFERENCE_GPU's, the card the heuristics were chosen on (as does any
+key a GPU's table lacks).
 Without a tuned entry or override, each phase runs default_algo's choice (fused for 16-bit inputs, chunked for fp32
 and for the forward of key dims above 128).
 A tuned or overriding phase config is merged over the heuristic of its own ALGO; a tuned phase of another ALGO than
@@ -164,7 +160,7 @@ def heuristic_fused(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
 
 ALGOS = ("chunk", "fused")
 # phase keys that the heuristics leave unset
-OPTIONAL_KEYS = {"chunk": set(), "fused": {"maxnreg", "OVERLAP"}}
+OPTIONAL_KEYS = {"chunk": set(), "fused": {"OVERLAP"}}
 
 
 def default_algo(phase: str, D: int, dtype: torch.dtype) -> str:

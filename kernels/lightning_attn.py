@@ -67,11 +67,8 @@ def _strides(x: torch.Tensor):
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-def _launch(kernel, grid, args, kwargs, num_warps, num_stages, maxnreg=None):
-    """Launch; if the compiled kernel needs more shared memory than the GPU has, retry with one stage.
-    maxnreg: optional cap on registers per thread (more programs per SM, at the price of spills)."""
-    if maxnreg:
-        kwargs = dict(kwargs, maxnreg=maxnreg)
+def _launch(kernel, grid, args, kwargs, num_warps, num_stages):
+    """Launch; if the compiled kernel needs more shared memory than the GPU has, retry with one stage."""
     try:
         kernel[grid](*args, **kwargs, num_warps=num_warps, num_stages=num_stages)
     except triton.runtime.errors.OutOfResources:
@@ -250,7 +247,7 @@ def _walk(plan, segs, c, q, k, v, o, state, init, fin, slope, reverse, transpose
             plan.T, segs.NSEG, segs.SEGTOK, plan.H, DK, DV, c["BT"], BD, BV)
     kwargs = dict(HAS_DECAY=slope is not None, USE_STATE=state is not None, USE_INIT=init is not None,
                   STORE_FIN=fin is not None, REVERSE=reverse, IS_VARLEN=plan.varlen, PREC=_prec(q.dtype))
-    _launch(la2_walk_kernel, grid, args, kwargs, c["warps"], c["stages"], c.get("maxnreg"))
+    _launch(la2_walk_kernel, grid, args, kwargs, c["warps"], c["stages"])
 
 
 def _forward_fused(plan, q, k, v, slope, h0, output_final_state):
@@ -364,8 +361,8 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
     config: optional {"fwd": {...}, "bwd": {...}} overriding block sizes and the algorithm per phase
     ({"ALGO": "fused", ...}; see la2_config; used by the tuner), and "DMAX" / "EMAX" (default 128 each): a key
     dim above DMAX is cut into equal parts of at most DMAX, one kernel call each, outputs (each in q's dtype)
-    summed in fp32 and rounded once, and final states concatenated along D; a value dim above EMAX likewise into parts whose outputs and states are
-    concatenated along E. Both are exact (q.k is a sum over key-dim parts; output column e reads only column e of
+    summed in fp32 and rounded once, and final states concatenated along D; a value dim above EMAX likewise into
+    parts whose outputs and states are concatenated along E. Both are exact (q.k is a sum over key-dim parts; output column e reads only column e of
     v), and they keep every kernel call at the 128 x 128 state the blocks are tuned for: the fused walk took 4.0 ms
     at the LRPE layer's D = 256 against 2 x 0.64 predicted for two D = 128 calls, and D = E = 256 with only the
     key split ran its D = 128, E = 256 parts at 32-token chunks: 38 ms fwd+bwd against FA2's 31 (H200;

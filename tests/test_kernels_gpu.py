@@ -133,8 +133,6 @@ FUSED_CASES = {
                             {**FUSED, "OVERLAP": True}),
     "overlap_packed_bf16": (1, 16384, 4, 64, 64, torch.bfloat16, True, True, "cu", {**FUSED, "SEGT": 1024},
                             {**FUSED, "SEGT": 1024, "OVERLAP": True}),
-    "maxnreg_168_bf16": (2, 5000, 4, 128, 128, torch.bfloat16, True, True, None,
-                         {**FUSED, "stages": 1, "maxnreg": 168}, {**FUSED, "stages": 1, "maxnreg": 168}),
     "fwd_fused_bwd_chunk": (2, 5000, 4, 128, 128, torch.bfloat16, True, True, None, FUSED, {"ALGO": "chunk"}),
     "fwd_chunk_bwd_fused": (1, 16384, 4, 128, 128, torch.bfloat16, True, True, "cu", {"ALGO": "chunk"}, FUSED),
 }
