@@ -210,12 +210,17 @@ def _st4(x, transpose=False):
     return (a, b, e, d) if transpose else (a, b, d, e)
 
 
-def _seg_states(plan, segs, c, k, v, slope, init, reverse):
+def _seg_buffer(plan, segs, DK, DV, device):
+    return torch.empty((segs.n_bnd, plan.H, DK, DV), dtype=torch.float32, device=device)
+
+
+def _seg_states(plan, segs, c, k, v, slope, init, reverse, buf=None):
     """True states at every inner segment boundary, (n_bnd, H, DK, DV) fp32: forward, the state entering each
     segment but the first (k, v = k, v; init = initial state); reverse, the gradient entering each segment but the
-    last from the right (k, v = q, dO; init = final-state gradient)."""
+    last from the right (k, v = q, dO; init = final-state gradient). buf: the output, when allocated by the caller."""
     DK, DV = k.shape[-1], v.shape[-1]
-    buf = torch.empty((segs.n_bnd, plan.H, DK, DV), dtype=torch.float32, device=k.device)
+    if buf is None:
+        buf = _seg_buffer(plan, segs, DK, DV, k.device)
     BK = min(c["BKS"], max(32, triton.next_power_of_2(DK)))
     BV = min(c["BVS"], max(32, triton.next_power_of_2(DV)))
     tiles = triton.cdiv(DK, BK) * triton.cdiv(DV, BV)
@@ -286,15 +291,17 @@ def _backward_fused(plan, q, k, v, slope, h0, do, dht, need_dh0, saved):
     overlap = bool(c.get("OVERLAP")) and segs.n_bnd > 0 and q.is_cuda
     if overlap:  # the reverse segment states do not need the dq walk: compute them on a second stream beside it
         main, side = torch.cuda.current_stream(q.device), _side_stream(q.device)
+        # allocated on the main stream, which waits for the side one before reading and freeing it: no block of
+        # the caching allocator crosses streams (record_stream would defer its reuse; benchmarks/NOTES.md)
+        gstate = _seg_buffer(plan, segs, q.shape[-1], do.shape[-1], q.device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            gstate = _seg_states(plan, segs, c, q, do, slope, dht, reverse=True)
+            _seg_states(plan, segs, c, q, do, slope, dht, reverse=True, buf=gstate)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     _walk(plan, segs, c, do, v, k, dq, state, h0, None, slope, reverse=False, transpose=True)
     del state
     if overlap:
         main.wait_stream(side)
-        gstate.record_stream(main)  # allocated on the side stream, read and freed on the main one
     else:
         gstate = _seg_states(plan, segs, c, q, do, slope, dht, reverse=True) if segs.n_bnd else None
     dh0 = torch.empty((plan.N, plan.H, plan.D, plan.E), dtype=torch.float32, device=q.device) if need_dh0 else None
