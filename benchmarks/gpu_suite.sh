@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/gpu_suite.sh tests        # make test-gpu equivalent: kernels, ops, models, HF, training  (~3 min)
 #   bash benchmarks/gpu_suite.sh pytest ARGS / bench_train ARGS               # any pytest / bench_train selection
-#   bash benchmarks/gpu_suite.sh kernels      # LA2 vs FA2 / OpenNLPLab / fla over T, head dims, packed       (~6 min)
+#   bash benchmarks/gpu_suite.sh kernels      # LA2 vs FA2 / OpenNLPLab / fla over T, head dims, packed      (~10 min)
 #   bash benchmarks/gpu_suite.sh tune         # LA2 block-size tuning -> $RESULTS/la2_tuned.json (copy to kernels/)
 #   bash benchmarks/gpu_suite.sh shapes       # LA2 chunk vs fused at model shapes (benchmarks/bench_la2_shapes.py)
 #   bash benchmarks/gpu_suite.sh profile      # LA2 fwd+bwd kernel by kernel (benchmarks/profile_la2.py)

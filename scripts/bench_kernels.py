@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -65,7 +66,7 @@ def make_impl(name, B, T, H, D, E, dtype, slope, packed_cu=None):
     raise ValueError(f"unknown implementation {name!r}; choose from {IMPLS}")
 
 
-def measure(name, B, T, H, D, E, dtype, packed_cu=None, warmup=25, rep=100):
+def measure(name, B, T, H, D, E, dtype, packed_cu=None, warmup=25, rep=100, cooldown=0.0):
     from triton.testing import do_bench
 
     slope = torch.tensor([2 ** (-8 * (h + 1) / H) for h in range(H)], device="cuda", dtype=torch.float32)
@@ -79,9 +80,14 @@ def measure(name, B, T, H, D, E, dtype, packed_cu=None, warmup=25, rep=100):
     def fwd_bwd():
         torch.autograd.grad(fn(x), x, do)
 
+    def settle():  # the GPU idles `cooldown` seconds before each timing (see --cooldown)
+        torch.cuda.synchronize()
+        time.sleep(cooldown)
+
     res = {}
-    torch.cuda.synchronize()
+    settle()
     res["fwd_ms"] = do_bench(fwd, warmup=warmup, rep=rep, return_mode="median")
+    settle()
     res["fwd_bwd_ms"] = do_bench(fwd_bwd, warmup=warmup, rep=rep, return_mode="median")
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -119,6 +125,10 @@ def main(argv=None):
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--dim-impls", default="tnl,sdpa_flash,lightning_attn",
                    help="implementations in the head-dim sweep (fla autotunes anew for every head dim: slow)")
+    p.add_argument("--cooldown", type=float, default=3.0,
+                   help="seconds the GPU idles before each timing, so that no timing starts in the power-capped "
+                        "state a long run leaves behind: on an H100, tnl at T = 32K measured 2.37 ms right after "
+                        "FA2 at 16K and 2.10 after a 3 s pause (benchmarks/NOTES.md); 0 for quick runs")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--tag", default="", help="suffix for the output file names")
@@ -151,7 +161,7 @@ def main(argv=None):
         "cuda": torch.version.cuda, "python": platform.python_version(), "command": " ".join(sys.argv),
         "time_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "tokens": args.tokens, "heads": H, "dtype": args.dtype, "decay": "ALiBi slopes 2^(-8(h+1)/H)",
-        "timing": TIMING, "peak_extra_mib": PEAK,
+        "timing": f"{TIMING}, after {args.cooldown:g} s of GPU idle", "peak_extra_mib": PEAK,
     }
     rows = []
     for kind, T, Dh in shapes:
@@ -166,7 +176,7 @@ def main(argv=None):
             if cu is not None:
                 row["docs"] = cu.numel() - 1
             try:
-                row.update(measure(name, B, T, H, Dh, Dh, dtype, cu))
+                row.update(measure(name, B, T, H, Dh, Dh, dtype, cu, cooldown=args.cooldown))
             except ImportError as e:
                 row["error"] = f"missing: {e}"
             except Exception as e:  # a failing competitor is reported, not fatal
