@@ -102,8 +102,8 @@ class _Plan:
         SEGTOK = max(1, SEGT // BT) * BT if SEGT > 0 else (1 << 30)
         SEGTOK = min(SEGTOK, max(BT, (2**31 - 1) // self.tok_stride // BT * BT))
         if SEGTOK not in self._segs:
-            self._segs[SEGTOK] = (_cached_table(self.cu_seqlens, ("segs", SEGTOK), lambda: _fused_segments(self, SEGTOK))
-                                  if self.varlen else _fused_segments(self, SEGTOK))
+            build = lambda: _fused_segments(self, SEGTOK)
+            self._segs[SEGTOK] = _cached_table(self.cu_seqlens, ("segs", SEGTOK), build) if self.varlen else build()
         return self._segs[SEGTOK]
 
     def chunks(self, BT):
@@ -369,11 +369,12 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
     ({"ALGO": "fused", ...}; see la2_config; used by the tuner), and "DMAX" / "EMAX" (default 128 each): a key
     dim above DMAX is cut into equal parts of at most DMAX, one kernel call each, outputs (each in q's dtype)
     summed in fp32 and rounded once, and final states concatenated along D; a value dim above EMAX likewise into
-    parts whose outputs and states are concatenated along E. Both are exact (q.k is a sum over key-dim parts; output column e reads only column e of
-    v), and they keep every kernel call at the 128 x 128 state the blocks are tuned for: the fused walk took 4.0 ms
-    at the LRPE layer's D = 256 against 2 x 0.64 predicted for two D = 128 calls, and D = E = 256 with only the
-    key split ran its D = 128, E = 256 parts at 32-token chunks: 38 ms fwd+bwd against FA2's 31 (H200;
-    benchmarks/NOTES.md).
+    parts whose outputs and states are concatenated along E. Both are exact (q.k is a sum over key-dim parts;
+    output column e reads only column e of v), and they keep every kernel call at the 128 x 128 state the blocks
+    are tuned for: the fused walk took 4.0 ms at the LRPE layer's D = 256 against 2 x 0.64 predicted for two
+    D = 128 calls, and D = E = 256 with only the key split ran its D = 128, E = 256 parts at 32-token chunks: 38 ms
+    fwd+bwd against FA2's 31 (H200). With both splits D = E = 256 runs in 11.7 ms (H100; FA2 30.6), of which the
+    parts' concatenations and sums are 4.3 ms (benchmarks/NOTES.md, session 5).
     """
     B, H = q.shape[0], q.shape[2]
     if (H if cu_seqlens is not None else B * H) > 65535:
