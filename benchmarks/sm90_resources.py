@@ -37,7 +37,7 @@ POINTERS = {"q": "*bf16", "k": "*bf16", "v": "*bf16", "o": "*bf16", "state": "*f
 
 def walk_resources(BT, BV, warps, stages, maxnreg=None, D=128, E=128, reverse=False) -> dict:
     """{regs, stack, shared_kib} of la2_walk_kernel (bf16, decay, entering states, no final state)."""
-    from kernels.la2_fused import la2_walk_kernel as fn
+    from tnl_kernels.la2_fused import la2_walk_kernel as fn
 
     const = dict(H=16, DK=D, DV=E, BT=BT, BD=max(32, triton.next_power_of_2(D)), BV=BV, HAS_DECAY=True,
                  USE_STATE=True, USE_INIT=False, STORE_FIN=False, REVERSE=reverse, IS_VARLEN=False, PREC="tf32")

@@ -1,4 +1,5 @@
-"""Tune the LA2 block sizes on this GPU and write its entry of kernels/la2_tuned.json (read by tnl_kernels.la2_config).
+"""Tune the LA2 block sizes on this GPU and write its entry of
+kernels/tnl_kernels/la2_tuned.json (read by tnl_kernels.la2_config).
 
 For each shape class (few / mid / many (sequence, head) pairs at a fixed token count), time candidate forward
 configs (forward alone), keep the best, then candidate backward configs (forward + backward), keep the best.
@@ -6,7 +7,7 @@ Candidates of both algorithms ("chunk" and "fused", key ALGO) compete; the winne
 winner is checked against the heuristic config's output (same function, bf16 rounding only). Every timing goes to
 a JSON log. Run on the GPU the numbers are for:
 
-    python benchmarks/tune_la2.py --out kernels/la2_tuned.json --log benchmarks/results/tune_la2.json
+    python benchmarks/tune_la2.py --out kernels/tnl_kernels/la2_tuned.json --log benchmarks/results/tune_la2.json
 """
 
 import argparse
@@ -37,7 +38,7 @@ BWD = [
     {**C, "BK": 64, "BV": 64},
     {**C, "BK": 32, "BV": 32},
 ]
-# "fused" algorithm (kernels/la2_fused.py): keys merge over la2_config.heuristic_fused (BT 64, BV 128, 8 warps,
+# "fused" algorithm (tnl_kernels/la2_fused.py): keys merge over la2_config.heuristic_fused (BT 64, BV 128, 8 warps,
 # SEGT 4096 for few/mid pairs, 0 for many; DKV for heads <= 64). Short lists: each candidate costs GPU seconds.
 F = {"ALGO": "fused"}
 FWD += [
@@ -141,7 +142,7 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--dims", default="128", help="head dims (D = E) to tune")
     p.add_argument("--seq-lens", default="65536,16384,4096", help="one T per shape class (few, mid, many)")
-    p.add_argument("--out", default="kernels/la2_tuned.json")
+    p.add_argument("--out", default="kernels/tnl_kernels/la2_tuned.json")
     p.add_argument("--log", default="benchmarks/results/tune_la2.json")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""The fused LM-head loss (tnl.loss + kernels/fused_ce.py) and lm_head_loss's choice of path, on CPU.
+"""The fused LM-head loss (tnl.loss + kernels/tnl_kernels/fused_ce.py) and lm_head_loss's choice of path, on CPU.
 
 The Triton kernel runs under Triton's interpreter (fp32 and fp16 only: the interpreter's bf16 is unreliable; bf16 is
 checked on the GPU by the `gpu` test at the end). Everything is compared with plain F.cross_entropy on float64 logits:

@@ -135,7 +135,7 @@ def test_tnl_export_roundtrip_in_process(tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["auto_map"]["AutoModelForCausalLM"] == "modeling_tnl.TnlForCausalLM" and cfg["gate_rank"] == 2
     assert (out / "tokenizer.json").is_file() and (out / "model.safetensors").is_file()
-    kernels = Path(tnl.__file__).resolve().parents[1] / "kernels"
+    kernels = Path(tnl.__file__).resolve().parents[1] / "kernels" / "tnl_kernels"
     for f in kernels.glob("*.py"):
         assert (out / ("tnl_kernels.py" if f.stem == "__init__" else f"tnl_kernels_{f.stem}.py")).is_file(), f
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left

@@ -1,4 +1,4 @@
-"""The "fused" LA2 algorithm (kernels/la2_fused.py: segment walks) on CPU through Triton's interpreter.
+"""The "fused" LA2 algorithm (kernels/tnl_kernels/la2_fused.py: segment walks) on CPU through Triton's interpreter.
 
 Each case forces the path with config={"fwd": {"ALGO": "fused", ...}, "bwd": {...}} and compares the output, the
 final state and every gradient (q, k, v, initial state) with the float64 step recurrence of tnl.reference, on fresh

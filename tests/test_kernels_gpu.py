@@ -107,7 +107,7 @@ def test_lightning_attn_gpu(name):
     run_case(B, T, H, D, E, dtype, decay, with_h0, random_cu(T, seed) if cu == "cu" else None, seed)
 
 
-# The "fused" algorithm (kernels/la2_fused.py), forced per phase; SEGT (tokens per segment) small enough that long
+# The "fused" algorithm (tnl_kernels/la2_fused.py), forced per phase; SEGT (tokens per segment) small enough that long
 # sequences cross many segments. Phase configs merge over the fused heuristic (la2_config.heuristic_fused).
 FUSED = {"ALGO": "fused"}
 FUSED_CASES = {

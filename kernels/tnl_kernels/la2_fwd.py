@@ -6,7 +6,7 @@ A sequence is cut into chunks of BT tokens. For a chunk starting after state S0,
     S_end = lam^L S0 + sum_i lam^(L-1-i) k_i^T v_i                           (L = tokens in the chunk)
 Two kernels: `la2_fwd_state_kernel` runs over the chunks of one sequence in order (one program per (sequence, head,
 D-tile, E-tile)) and stores the state before each chunk; `la2_fwd_out_kernel` then computes every chunk's output in
-parallel. (Long sequences with few (sequence, head) pairs are the fused walk's domain, kernels/la2_fused.py, which
+parallel. (Long sequences with few (sequence, head) pairs are the fused walk's domain, kernels/tnl_kernels/la2_fused.py, which
 walks segments in parallel.) Tensors are read in place in the (B, T, H, D) layout through their strides (last dim
 unit stride).
 Sequences are either B rows of length T, or (IS_VARLEN) documents packed in row 0 at offsets cu_seqlens.

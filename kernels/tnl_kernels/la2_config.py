@@ -7,7 +7,7 @@ Keys of a phase config:
   BKO, BVO        D tile (looped) and E tile (grid) of the forward output pass
   BVB             E tile looped over by the backward dq/dk/dv pass (which holds the whole D)
   warps_*/stages_*  num_warps / num_stages of the state pass (s), output pass (o), dq/dk/dv pass (b)
-  ALGO            "chunk" (the keys above) or "fused" (kernels/la2_fused.py: LA2's own loop over segments,
+  ALGO            "chunk" (the keys above) or "fused" (kernels/tnl_kernels/la2_fused.py: LA2's own loop over segments,
                   state in registers, no per-chunk states in memory); chosen per phase, each with its own keys:
 Keys of a "fused" phase config (the backward runs three walks, dq forward, dv and dk reversed, with the same keys):
   BT              chunk length of the walk (one BT x BT score tile in registers)
