@@ -5,8 +5,9 @@
 #   bash scripts/make_wheelhouse.sh [OUT_DIR]        # default: wheelhouse/
 #   then on the node: bash scripts/install_wheelhouse.sh OUT_DIR [TARGET_DIR]
 #
-# The versions are those of the project's installed environment (PYTHON, default .venv/bin/python: run `make install`
-# first), fetched again as wheels for the node's platform. Environment: PYTHON, PY_VERSION (default 3.12),
+# The versions are the lock's (LOCK, default requirements/lock-py311-cpu.txt, the one `make install` follows), for
+# the dependency set of the project's installed environment (PYTHON, default .venv/bin/python: run `make install`
+# first), fetched again as wheels for the node's platform. Environment: PYTHON, LOCK, PY_VERSION (default 3.12),
 # MAX_MB (size budget, default 28), WANDB_SPEC (default: an older, smaller wandb that still supports NumPy 2).
 # Left out on purpose: torch, triton, transformers and what they pull in (expected on the node), matplotlib (plots
 # are made off the node), and unless WITH_ARROW=1, pyarrow and pandas (large; only `datasets` needs them, and
@@ -15,6 +16,7 @@ set -euo pipefail
 
 OUT=${1:-wheelhouse}
 PYTHON=${PYTHON:-.venv/bin/python}
+LOCK=${LOCK:-requirements/lock-py311-cpu.txt}
 PY_VERSION=${PY_VERSION:-3.12}
 MAX_MB=${MAX_MB:-28}  # zstandard (5.5 MiB) and wandb (9 MiB) are most of it
 WANDB_SPEC=${WANDB_SPEC:-wandb==0.17.9}
@@ -28,17 +30,19 @@ if [[ ${WITH_ARROW:-0} == 1 ]]; then MAX_MB=$((MAX_MB + 80)); else SKIP+=' pyarr
 
 "$PYTHON" -c "import torch, deepspeed, tnl" >/dev/null 2>&1 || {
   echo "make_wheelhouse: $PYTHON lacks torch, deepspeed or tnl; run 'make install' or set PYTHON" >&2; exit 1; }
+[[ -f $LOCK ]] || { echo "make_wheelhouse: no lock file $LOCK (set LOCK, or run 'make lock')" >&2; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 echo "== building wheels: tnl, and DeepSpeed (PyPI has only its sdist)"
-ds_version=$("$PYTHON" -c "from importlib.metadata import version; print(version('deepspeed'))")
+ds_version=$(sed -n 's/^deepspeed==//p' "$LOCK")
+ds_version=${ds_version:-$("$PYTHON" -c "from importlib.metadata import version; print(version('deepspeed'))")}
 rm -rf "$OUT"; mkdir -p "$OUT"
 "$PYTHON" -m pip wheel -q --no-deps --no-build-isolation -w "$OUT" "deepspeed==$ds_version" .
 
 echo "== listing dependencies (installed versions, minus what torch/triton/transformers bring)"
 # Dependency closures read from the installed metadata: no resolver run, no multi-GB torch download.
-"$PYTHON" - "$WANDB_SPEC" $SKIP > "$tmp/wanted.txt" <<'PY'
+"$PYTHON" - "$LOCK" "$WANDB_SPEC" $SKIP > "$tmp/wanted.txt" <<'PY'
 import re, sys
 from importlib.metadata import PackageNotFoundError, distribution
 from packaging.requirements import Requirement
@@ -68,11 +72,19 @@ def closure(roots, leaves=()):
 provided = closure(["torch", "triton"])
 provided |= closure(["transformers"], leaves=set(closure(["transformers"])) - {"transformers"})
 provided.pop("fsspec", None)  # torch imports it lazily, so nodes may lack it; datasets needs it
-skip = {norm(n) for n in sys.argv[2:]} | {"tnl", "deepspeed", "wandb"}
+lock = {}
+for line in open(sys.argv[1]):
+    if "==" in line and not line.startswith("#"):
+        n, v = line.strip().split("==", 1)
+        lock[norm(n)] = v
+skip = {norm(n) for n in sys.argv[3:]} | {"tnl", "deepspeed", "wandb"}
 for name, version in sorted(closure(["tnl"], leaves={"wandb"} | set(provided)).items()):
     if name not in provided and name not in skip:
-        print(f"{name}=={version}")
-print(sys.argv[1])  # wandb, resolved for the node below
+        if lock.get(name, version) != version:
+            print(f"make_wheelhouse: {name} {version} is installed, the lock says {lock[name]}: taking the lock's",
+                  file=sys.stderr)
+        print(f"{name}=={lock.get(name, version)}")
+print(sys.argv[2])  # wandb, resolved for the node below
 PY
 # The pinned wandb has its own dependency set: resolve it for the node's platform.
 "$PYTHON" -m pip install -q --dry-run --ignore-installed --target "$tmp/t" --report "$tmp/wandb.json" \

@@ -86,3 +86,46 @@ def test_every_subpackage_is_listed_in_pyproject():
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "tnl").rglob("__init__.py")}
     found |= {".".join(p.parent.relative_to(ROOT / "kernels").parts) for p in (ROOT / "kernels").rglob("__init__.py")}
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+def test_no_deprecated_torch_distributed_calls():
+    """tnl calls none of the torch.distributed functions the installed torch marks deprecated (PEP 702's
+    __deprecated__, e.g. all_gather_into_tensor / reduce_scatter_tensor on torch >= 2.13)."""
+    import re
+
+    import torch.distributed as dist
+
+    deprecated = [n for n in dir(dist) if getattr(getattr(dist, n, None), "__deprecated__", None)]
+    pattern = re.compile(r"\b(?:dist|distributed)\.(" + "|".join(map(re.escape, deprecated)) + r")\s*\(")
+    hits = [f"{p.relative_to(ROOT)}: {m.group(1)}" for p in (ROOT / "tnl").rglob("*.py")
+            for m in pattern.finditer(p.read_text(encoding="utf-8"))] if deprecated else []
+    assert not hits, hits
+
+
+def test_generate_and_cached_forward_log_no_deprecation(caplog):
+    """transformers renames the cache keyword (past_key_values -> cache) and logs a deprecation when given the old
+    one: our generation path must pass only the name the installed release uses."""
+    import logging
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from tnl.hf import TnlForCausalLM
+    from tnl.hf.export import tnl_config_from_args
+    from tnl.models import build_model
+
+    torch.manual_seed(0)
+    core = build_model(dict(arch="tnl", vocab_size=37, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=24))
+    hf = TnlForCausalLM(tnl_config_from_args(core.args)).eval()
+    ids = torch.randint(1, 37, (2, 5))
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            for kw in ({"do_sample": False}, {"do_sample": True, "top_k": 5}, {"num_beams": 2}):
+                out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, pad_token_id=0,
+                                  eos_token_id=None, **kw)
+                assert out.shape == (2, 8)
+    finally:
+        hf_logging.disable_propagation()
+    assert not [r.getMessage() for r in caplog.records if "deprecat" in r.getMessage().lower()]

@@ -238,8 +238,9 @@ class TnlForCausalLM(TnlModules, TnlPreTrainedModel, GenerationMixin):
             input_ids = input_ids[:, cache.seen_tokens:]
         elif use_cache:
             cache = TnlCache(self.config.num_hidden_layers)
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache,
-                  "past_key_values": cache, "cache": cache}
+        # only the keyword the installed generation loop uses: passing the other one makes 5.2x warn that it is
+        # deprecated (and a later release refuse it)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache, _CACHE_KEY: cache}
         if logits_to_keep is not None:
             inputs["logits_to_keep"] = logits_to_keep
         return inputs
