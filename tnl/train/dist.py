@@ -10,7 +10,6 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -69,27 +68,28 @@ def init(device_type: str) -> DistEnv:
     if device_type == "cuda":
         torch.cuda.set_device(e.local_rank)
     if not torch.distributed.is_initialized():
+        skip_shm_op()
         deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
-        if device_type == "cpu":
-            _release_shm_buffer(e)
     return e
 
 
-def _release_shm_buffer(e: DistEnv) -> None:
-    """DeepSpeed's CPU all-reduce maps one /dev/shm buffer (~69 MB) per rank, named after the master address and
-    port, and never unlinks it (nor could it here: scripts/train.py skips interpreter teardown). Every run on a new
-    port left its buffers behind, until shared memory filled and ranks were killed. Once every rank has mapped its
-    peers' buffers (they do so inside init_distributed; the barrier waits for all), the names can go: the memory
-    itself lives until the processes exit, killed or not."""
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{e.rank}")
-    path = Path("/dev/shm") / name
-    if e.world_size > 1:
-        torch.distributed.barrier()
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:  # not ours to remove, or no /dev/shm: nothing leaks that we could clean
-        pass
+def skip_shm_op() -> None:
+    """Keep DeepSpeed from loading its shared-memory all-reduce op (CPU accelerator only; a no-op elsewhere).
+
+    On CPU, deepspeed.init_distributed JIT-compiles that op (torch.utils.cpp_extension, about a minute on two cores)
+    under a lock file in the torch extensions cache (`<cache>/deepspeed_shm_comm/lock`) that only the builder
+    removes. A start killed during the build leaves the file behind, and every later DeepSpeed start on that machine,
+    by any user of that cache, then waits for it forever without a word. The op only serves inference_all_reduce
+    (DeepSpeed's tensor-parallel inference): training reduces through the process group (gloo) either way, so the
+    op is declared incompatible and DeepSpeed goes without it: no build, no lock, and none of the /dev/shm buffers
+    (~69 MB per rank, never unlinked) the op maps."""
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().get_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False  # what deepspeed.comm.torch.build_shm_op reads
 
 
 def barrier() -> None:
