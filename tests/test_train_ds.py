@@ -22,19 +22,20 @@ FAST = ["trainer.seq_len=32", "trainer.micro_batch_size=4", "optim.lr=1e-2", "op
         "optim.min_lr_ratio=1", "trainer.eval_every=3", "trainer.eval_batches=2"]
 
 
-def launch(args: list[str], env: dict | None = None, ranks: int = 2, torchrun: bool = False
-           ) -> subprocess.CompletedProcess:
+def launch(args: list[str], env: dict | None = None, ranks: int = 2, torchrun: bool = False,
+           script: str = "scripts/train.py") -> subprocess.CompletedProcess:
     port = free_port()
     if ranks == 1:
-        cmd = [sys.executable, "scripts/train.py", *args]
+        cmd = [sys.executable, script, *args]
     elif torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-               str(port), "scripts/train.py", *args]
+               str(port), script, *args]
     else:
-        cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(port), "scripts/train.py", *args]
+        cmd = [str(DEEPSPEED), "--num_gpus", str(ranks), "--master_port", str(port), script, *args]
     full_env = repo_env(OMP_NUM_THREADS="1", **(env or {}))
     r = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
-    # DeepSpeed's CPU all-reduce buffers (/dev/shm, ~69 MB per rank) must not outlive the run (tnl.train.dist)
+    # DeepSpeed's CPU all-reduce op maps /dev/shm buffers (~69 MB per rank) it never unlinks: tnl.train.dist keeps
+    # DeepSpeed from loading that op
     left = sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")) if ranks > 1 else []
     assert not left, f"shared-memory buffers left behind: {left}"
     return r
@@ -77,7 +78,7 @@ def test_zero2_tnl_killed_mid_checkpoint_resumes_bit_identical(demo, tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "run"
     ref_rows = check_run(launch([*args, f"run_dir={ref}"]), ref, 6)
 
-    killed = launch([*args, f"run_dir={run}"], env={"TNL_FAULT_KILL_DURING_SAVE": "4"})
+    killed = launch(["kill_during_save=4", *args, f"run_dir={run}"], script="tests/faulty_train.py")
     assert killed.returncode != 0
     ckpt = run / "checkpoints"
     assert (ckpt / "latest").read_text() == "step_00000002"  # the step-4 checkpoint was never published
