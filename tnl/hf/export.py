@@ -1,8 +1,10 @@
 """export_pretrained: a training model -> a Hugging Face directory, written atomically.
 
 TNL   -> TnlForCausalLM: config.json (with auto_map), model.safetensors, generation_config.json and the bundled
-         self-contained modeling code (tnl.hf.bundle), loadable with trust_remote_code=True where tnl is not installed.
+         self-contained modeling code (tnl.hf.bundle), loadable with trust_remote_code=True where tnl is not installed;
+         all of it written by TnlForCausalLM.save_pretrained itself (TnlConfig.save_pretrained adds the code).
 LLaMA -> a stock transformers LlamaForCausalLM directory (q/k/v and gate/up split, names mapped).
+Both get a model card, README.md (tnl.hf.card): architecture, size and what is known of the training.
 """
 
 from __future__ import annotations
@@ -15,11 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tnl.hf.bundle import bundle_sources
+from tnl.hf.card import CardInfo, model_card
 from tnl.hf.configuration_tnl import TnlConfig
 from tnl.models.config import ModelArgs
-
-AUTO_MAP = {"AutoConfig": "configuration_tnl.TnlConfig", "AutoModelForCausalLM": "modeling_tnl.TnlForCausalLM"}
 
 
 def tnl_config_from_args(args: ModelArgs) -> TnlConfig:
@@ -33,17 +33,23 @@ def tnl_config_from_args(args: ModelArgs) -> TnlConfig:
 
 
 def llama_config_from_args(args: ModelArgs):
+    import inspect
+
     from transformers import LlamaConfig
 
+    # transformers 5 takes RoPE settings as `rope_parameters`; 4.x as `rope_theta` (and ignores rope_parameters)
+    if "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters:
+        rope = {"rope_parameters": {"rope_type": "default", "rope_theta": float(args.rope_theta)}}
+    else:
+        rope = {"rope_theta": float(args.rope_theta)}
     return LlamaConfig(
         vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
         num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
         num_key_value_heads=args.num_attention_heads, head_dim=args.head_dim, hidden_act="silu",
         max_position_embeddings=args.max_position_embeddings, rms_norm_eps=args.norm_eps,
         initializer_range=args.initializer_range, tie_word_embeddings=args.tie_word_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": float(args.rope_theta)},
         attention_bias=False, mlp_bias=False, bos_token_id=args.bos_token_id, eos_token_id=args.eos_token_id,
-        pad_token_id=args.pad_token_id)
+        pad_token_id=args.pad_token_id, **rope)
 
 
 def llama_state_dict_to_hf(sd: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
@@ -88,7 +94,7 @@ def _unwrap(model):
     return model
 
 
-def _write(model: nn.Module, tmp: Path) -> None:
+def _write(model: nn.Module, tmp: Path, card: CardInfo | None) -> None:
     model = _unwrap(model)
     args: ModelArgs = getattr(model, "args", None)
     if not isinstance(args, ModelArgs):
@@ -101,16 +107,15 @@ def _write(model: nn.Module, tmp: Path) -> None:
         from tnl.hf.modeling_tnl import TnlForCausalLM
 
         config = tnl_config_from_args(args)
-        config.auto_map = dict(AUTO_MAP)
         config.architectures = ["TnlForCausalLM"]
-        _hf_model(TnlForCausalLM, config, sd).save_pretrained(tmp)
-        for name, source in bundle_sources().items():
-            (tmp / name).write_text(source, encoding="utf-8")
+        _hf_model(TnlForCausalLM, config, sd).save_pretrained(tmp)  # + auto_map and the modeling code
     else:
         from transformers import LlamaForCausalLM
 
         config = llama_config_from_args(args)
         _hf_model(LlamaForCausalLM, config, llama_state_dict_to_hf(sd, args)).save_pretrained(tmp)
+    parameters = sum(p.numel() for p in model.parameters())
+    (tmp / "README.md").write_text(model_card(args, parameters, card), encoding="utf-8")
 
 
 def _make_readable(folder: Path) -> None:
@@ -122,17 +127,18 @@ def _make_readable(folder: Path) -> None:
         f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
 
 
-def export_pretrained(model: nn.Module, out_dir, tokenizer_dir=None) -> Path:
+def export_pretrained(model: nn.Module, out_dir, tokenizer_dir=None, card: CardInfo | None = None) -> Path:
     """Write `model` (TnlLM or LlamaLM) as a Hugging Face directory at `out_dir` (replaced atomically if it exists).
 
-    tokenizer_dir: optional folder of HF tokenizer files, all copied into out_dir. Returns the output path."""
+    tokenizer_dir: optional folder of HF tokenizer files, all copied into out_dir. card: what is known of the
+    training, for the model card README.md. Returns the output path."""
     out = Path(out_dir)
     if tokenizer_dir is not None and not Path(tokenizer_dir).is_dir():
         raise FileNotFoundError(f"tokenizer_dir {tokenizer_dir} is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write(model, tmp)
+        _write(model, tmp, card)
         if tokenizer_dir is not None:
             for f in sorted(Path(tokenizer_dir).iterdir()):
                 if f.is_file():
