@@ -1,8 +1,11 @@
-"""Hugging Face export of a run's checkpoint (ZeRO partitions consolidated to fp32), with its tokenizer."""
+"""Hugging Face export of a run's checkpoint (ZeRO partitions consolidated to fp32), with its tokenizer and a model
+card that says what the run trained on and how far."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from pathlib import Path
 
 from tnl.train import checkpoint
@@ -39,9 +42,48 @@ def export_run(run_dir: str | Path, tag: str | None = None, out_dir: str | Path 
         tok_dir = tnl.data.hf_tokenizer_dir(data_dir)
     else:
         log.warning("data dir %s of the run is gone: exporting without tokenizer files", data_dir)
-    tnl.hf.export_pretrained(model, out, tokenizer_dir=tok_dir)
+    tnl.hf.export_pretrained(model, out, tokenizer_dir=tok_dir, card=card_info(run_dir, meta))
     log.info("exported %s (step %d) to %s", ckpt_dir / tag, meta["step"], out)
     return out
+
+
+def _source_label(desc: dict) -> str:
+    """One input of a data manifest in words (a file name, the demo corpus, or a Hugging Face dataset)."""
+    hf = desc.get("hf")
+    if hf:
+        where = {"hub": "the Hugging Face Hub", "disk": "a save_to_disk folder", "files": "local files"}
+        text = f"{hf['path']}" + (f" ({hf['name']})" if hf.get("name") else "") + f", split {hf['split']}"
+        text += f", from {where.get(hf.get('source'), hf.get('source'))}"
+        return text + (f" at revision {hf['revision'][:12]}" if hf.get("revision") else "")
+    if desc["path"].startswith("builtin:"):
+        return f"the documentation shipped with Python ({desc['path']})"
+    return Path(desc["path"]).name
+
+
+def card_info(run_dir: Path, meta: dict):
+    """The model card facts of a run's checkpoint: step, tokens, its data manifest, its last validation loss."""
+    import tnl.data
+    from tnl.hf.card import CardInfo
+
+    info = CardInfo(name=Path(run_dir).resolve().name, step=meta.get("step"), tokens=meta.get("tokens"))
+    manifest = tnl.data.read_manifest(meta["data_dir"]) if meta.get("data_dir") else None
+    if manifest:
+        sources = [_source_label(d) for d in manifest.get("inputs", [])]
+        shown = ", ".join(sources[:4]) + (f" and {len(sources) - 4} more" if len(sources) > 4 else "")
+        info.data = f"{manifest.get('name')}: {shown}"
+        info.data_tokens = {k: v["tokens"] for k, v in manifest.get("splits", {}).items()}
+        info.notes.append(f"tokenizer: SentencePiece BPE, {manifest['tokenizer']['vocab_size']} tokens")
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            val = row.get("val_loss")
+            if isinstance(val, (int, float)) and math.isfinite(val) and row.get("step", 0) <= (info.step or math.inf):
+                info.val_loss, info.val_step = float(val), row.get("step")
+    return info
 
 
 def _tied_names(model) -> set[str]:
