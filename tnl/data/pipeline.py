@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -42,6 +41,7 @@ from tnl.data.tokenizer import (
     save_hf_tokenizer,
     train_tokenizer,
 )
+from tnl.locks import hold
 
 log = logging.getLogger("tnl.data")
 FORMAT_VERSION = 1
@@ -165,13 +165,21 @@ def prepare(cfg_data: Mapping, force: bool = False) -> Path:
 
 @contextlib.contextmanager
 def _locked(data_dir: Path) -> Iterator[None]:
-    """One builder per data dir at a time (e.g. several ranks, or two jobs): the others wait, then see it done."""
-    with open(data_dir / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """One builder per data dir at a time (e.g. several ranks, or two jobs): the others say whom they wait for, wait,
+    then see it done. A builder killed mid-build releases the lock with its death (tnl.locks); what it wrote in
+    the dir is never mistaken for complete (no manifest) and its temporary folders are removed by the next one."""
+    waiting = lambda who: log.info("waiting for %s, which is preparing data in %s", who, data_dir)
+    lock = hold(data_dir / ".lock", waiting=waiting)
+    try:
+        for stale in sorted(data_dir.glob(".*.tmp-*")) + sorted(data_dir.glob("corpus/.*.tmp-*")):
+            log.info("removing %s, left by a data preparation that never finished", stale)
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+        yield
+    finally:
+        lock.close()
 
 
 def _build(plan: _Plan, force: bool) -> None:

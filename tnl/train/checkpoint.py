@@ -4,15 +4,19 @@ Layout under run_dir/checkpoints/:
     step_00000100/          one complete checkpoint (DeepSpeed files, trainer_rank<r>.pt, meta.json)
     latest                  the tag of the newest complete checkpoint (written last, by rename)
     .tmp_step_00000200/     a checkpoint being written; never resumed from, removed on the next start
+    .tmp_old_step_00000100/ a checkpoint being deleted (pruned or replaced); removed on the next start
 
-A checkpoint directory only gets its final name after every rank has written its files, so a process killed
-mid-write leaves at most a .tmp_ directory and resuming uses the previous checkpoint.
+A checkpoint directory only gets its final name after every rank has written its files and they are on disk, and
+loses it (by rename) before anything in it is deleted, so a process killed at any moment leaves at most .tmp_
+directories: nothing named step_* is ever partial, and resuming uses the newest complete checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -23,6 +27,7 @@ import torch
 
 from tnl.train import dist
 
+log = logging.getLogger("tnl.train")
 TMP_PREFIX = ".tmp_"
 
 
@@ -62,6 +67,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file under folder (and the folders) to disk: a published checkpoint must survive a power loss."""
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        elif p.is_dir():
+            _fsync_dir(p)
+    _fsync_dir(folder)
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint directory so that it never looks complete half-deleted: rename it away first."""
+    trash = path.with_name(f"{TMP_PREFIX}old_{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -83,11 +107,12 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
 def latest_tag(ckpt_dir: Path) -> str | None:
     """The tag named by `latest` when it is complete, else the newest complete one, else None."""
     pointer = ckpt_dir / "latest"
-    if pointer.is_file():
-        tag = pointer.read_text().strip()
-        if (ckpt_dir / tag / "meta.json").is_file():
-            return tag
+    named = pointer.read_text().strip() if pointer.is_file() else None
+    if named and (ckpt_dir / named / "meta.json").is_file():
+        return named
     tags = complete_tags(ckpt_dir)
+    if named and tags and dist.env().is_main:
+        log.warning("%s names %r, which is not a complete checkpoint: using %s", pointer, named, tags[-1])
     return tags[-1] if tags else None
 
 
@@ -99,10 +124,12 @@ def read_meta(ckpt_dir: Path, tag: str) -> dict:
 
 
 def clean_partial(ckpt_dir: Path) -> None:
-    """Remove directories left by a save that never finished (rank 0 only)."""
+    """Remove, with one line each, the directories left by a save or a deletion that never finished (rank 0 only;
+    they are never resumed from)."""
     if ckpt_dir.is_dir():
-        for p in ckpt_dir.iterdir():
-            if p.name.startswith(TMP_PREFIX):
+        for p in sorted(ckpt_dir.iterdir()):
+            if p.name.startswith(TMP_PREFIX) and p.is_dir():
+                log.warning("removing %s, left by a checkpoint save or deletion that never finished", p)
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -138,30 +165,44 @@ def save(engine, ckpt_dir: Path, step: int, rank_state: dict, meta: dict, keep_l
         fault_hook()  # tests: die here, mid-write
     dist.barrier()
     if rank == 0:
+        _fsync_tree(ckpt_dir / tmp_tag)  # every rank's files, before meta.json declares them complete
         _write_atomic(ckpt_dir / tmp_tag / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
         final = ckpt_dir / tag
         if final.exists():  # re-saving a step (e.g. the final one): replace it
-            shutil.rmtree(final)
+            _discard(final)
         (ckpt_dir / tmp_tag).rename(final)
         _fsync_dir(ckpt_dir)
         _write_atomic(ckpt_dir / "latest", tag)
         for old in complete_tags(ckpt_dir)[:-keep_last]:
-            shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+            _discard(ckpt_dir / old)
     dist.barrier()
     return tag
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 def load(engine, ckpt_dir: Path, tag: str, rank: int) -> dict:
-    """Restore the engine (weights, optimizer, fp32 masters) and return this rank's trainer state."""
-    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
-                                     load_lr_scheduler_states=False)
-    if path is None:
-        raise CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
-    state_file = ckpt_dir / tag / f"trainer_rank{rank}.pt"
+    """Restore the engine (weights, optimizer, fp32 masters) and return this rank's trainer state.
+
+    A published checkpoint is complete by construction (see the module docstring); one damaged afterwards (disk,
+    hand edits) is refused in one line that says how to resume from the one before."""
+    where = ckpt_dir / tag
+    damaged = lambda err: CheckpointError(f"checkpoint {where} is damaged ({_first_line(err)}); move it out of "
+                                          f"{ckpt_dir} to resume from the previous one")
     try:
-        return torch.load(state_file, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as err:
-        raise CheckpointError(f"cannot read {state_file}: {err}") from None
+        path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                         load_lr_scheduler_states=False)
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
+        raise damaged(err) from None
+    if path is None:
+        raise CheckpointError(f"DeepSpeed could not load checkpoint {where}")
+    try:
+        return torch.load(where / f"trainer_rank{rank}.pt", map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise damaged(err) from None
 
 
 def model_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:

@@ -10,16 +10,18 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tnl import locks
 from tnl.train import dist
 from tnl.train.config import ConfigError, model_error, to_dict
 
 log = logging.getLogger("tnl.train")
+RUN_LOCK = ".lock"  # in run_dir, held by rank 0 while a run is alive
 
 
 class SetupError(ValueError):
@@ -70,7 +72,7 @@ def _on_rank0_then_share(fn, rank: int) -> Any:
         torch.distributed.broadcast_object_list(box, src=0)
         message = box[0]
     if message is not None:
-        raise SetupError(message if rank == 0 else "rank 0 failed preparing data (see its error)")
+        raise SetupError(message if rank == 0 else "rank 0 failed setting up the run (see its error)")
     return result
 
 
@@ -182,8 +184,36 @@ def main(cfg: DictConfig) -> int:
 
         log.info(table_note(torch.cuda.get_device_name(device)))
     run_dir = Path(cfg.run_dir)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    run_lock = _on_rank0_then_share(lambda: lock_run_dir(run_dir), env.rank)
+    try:
+        return _train(cfg, env, device, run_dir)
+    finally:
+        if run_lock is not None:
+            run_lock.close()
+
+
+def lock_run_dir(run_dir: Path) -> IO[str] | None:
+    """Create run_dir and take its lock for the whole run (rank 0; closing the file releases it).
+
+    A second live run on one run_dir (say, ranks orphaned by a killed launcher and still training when the job is
+    relaunched) would write the same checkpoints and metrics: it is refused in one line naming the holder. The lock
+    dies with its holder however it dies (tnl.locks), so a killed run never blocks the next start."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / RUN_LOCK
+    try:
+        lock = locks.hold(path)
+    except OSError as err:
+        log.warning("cannot lock %s (%s): a second run started on this run_dir would not be refused", path,
+                    err.strerror or err)
+        return None
+    if lock is None:
+        raise SetupError(f"run_dir {run_dir} is in use by a live run ({locks.holder(path)} holds {path}); stop it "
+                         "or use another run_dir")
+    return lock
+
+
+def _train(cfg: DictConfig, env: dist.DistEnv, device: torch.device, run_dir: Path) -> int:
+    """Data (prepared on first use), the session (model, engine, resume), the loop, the export; the final step."""
     data_dir = prepare_data(cfg, env.rank)
     sources = mixture_sources(cfg, data_dir, env.rank)
     model_cfg = to_dict(cfg.model)
