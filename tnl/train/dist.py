@@ -6,6 +6,7 @@ export RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT; without them 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+log = logging.getLogger("tnl.train")
 _LOCAL_RANK_ARG = re.compile(r"^--local[-_]rank(=\d+)?$")
 
 
@@ -69,7 +71,11 @@ def init(device_type: str) -> DistEnv:
         torch.cuda.set_device(e.local_rank)
     if not torch.distributed.is_initialized():
         skip_shm_op()
-        deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        # init_distributed waits until every rank has joined: say so, in case some never come
+        log.info("joining the process group: %s, %d rank(s), rendezvous at %s:%s", backend, e.world_size,
+                 os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
+        deepspeed.init_distributed(dist_backend=backend)
     return e
 
 
