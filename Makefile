@@ -54,8 +54,8 @@ $(STAMP): $(STAMP_DEPS)
 	@if [ -n "$(HAS_GPU)" ]; then sed -i -E '/^(torch|triton|nvidia-|cuda-)/Id' $(CONSTRAINTS); fi
 	@echo "tnl: installing into $(VENV) (DEPS=$(DEPS), $$(grep -c . $(CONSTRAINTS) || true) pins)"
 	@if $(PY) -c "import torch" 2>/dev/null; then echo "tnl: torch already installed in $(VENV)"; \
-	elif [ -n "$(HAS_GPU)" ]; then $(PIP) install "$(TORCH_GPU)"; \
-	else $(PIP) install "$(TORCH_CPU)" || { echo "tnl: $(TORCH_CPU) not found; installing the default torch build" \
+	elif [ -n "$(HAS_GPU)" ]; then $(PIP) install -c $(CONSTRAINTS) "$(TORCH_GPU)"; \
+	else $(PIP) install -c $(CONSTRAINTS) "$(TORCH_CPU)" || { echo "tnl: $(TORCH_CPU) not found; installing the default torch build" \
 	  "(add PyTorch's CPU wheel index to PIP_EXTRA_INDEX_URL to avoid the CUDA download)"; $(PIP) install "torch>=2.5"; }; fi
 	$(PIP) install -q $(UPGRADE) -c $(CONSTRAINTS) "setuptools>=64" wheel
 	@# DeepSpeed ships as an sdist whose setup imports torch: build it against the torch installed above.
