@@ -157,3 +157,31 @@ def test_checkpoints_are_never_partial_under_a_step_name(engine, tmp_path, caplo
         assert checkpoint.latest_tag(ckpt) == "step_00000002"
     assert "names 'step_00000003', which is not a complete checkpoint: using step_00000002" in caplog.text
     assert checkpoint.load(engine, ckpt, "step_00000002", 0) == {"step": 2}
+
+
+def test_jit_build_lock_wait_says_why_and_ends(tmp_path, monkeypatch, caplog):
+    """An op DeepSpeed JIT-builds on first use (cpu_adam for ZeRO-Offload on GPUs): a build lock held by a live
+    process is waited for, naming it; one that no process holds (left by a killed build) ends the wait after the
+    bound with one line naming the file to delete."""
+    from tnl.train.jit_builds import build_lock, wait_for_build_lock
+    from tnl.train.run import SetupError
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    lock = build_lock("cpu_adam")
+    assert lock == tmp_path / "ext" / "cpu_adam" / "lock"
+    wait_for_build_lock("cpu_adam", bound_s=0)  # no lock: no wait
+
+    code = ("import os, sys, time\nfd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL)\nprint('held', flush=True)\n"
+            "time.sleep(1.5)\nos.close(fd)\nos.remove(sys.argv[1])\n")  # what torch's FileBaton does
+    child = subprocess.Popen([sys.executable, "-c", code, str(lock)], text=True, stdout=subprocess.PIPE)
+    assert child.stdout.readline().strip() == "held"
+    with caplog.at_level("INFO", logger="tnl.train"):
+        wait_for_build_lock("cpu_adam", bound_s=0, poll_s=0.05)  # held: waits past the bound until released
+    assert child.wait() == 0 and not lock.exists()
+    assert f"its lock {lock} is held by pid {child.pid}" in caplog.text
+
+    lock.touch()  # left by a builder killed mid-build
+    with pytest.raises(SetupError) as err:
+        wait_for_build_lock("cpu_adam", bound_s=0.2, poll_s=0.05)
+    assert "\n" not in str(err.value) and f"lock {lock} of DeepSpeed's cpu_adam op was not released" in str(err.value)
+    assert "no process on this host holds it" in str(err.value) and lock.exists()  # never removed here

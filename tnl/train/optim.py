@@ -31,7 +31,11 @@ def build_optimizer(model: torch.nn.Module, optim_cfg: Any, device_type: str, cp
     kw = dict(lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
     if cpu_offload and device_type == "cuda":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
+        from deepspeed.ops.op_builder import CPUAdamBuilder
 
+        from tnl.train.jit_builds import wait_for_build_lock
+
+        wait_for_build_lock(CPUAdamBuilder.NAME)  # built on first use, under a lock a killed build leaves behind
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **kw)
     fused = optim_cfg.fused if optim_cfg.fused is not None else device_type == "cuda"
     return torch.optim.AdamW(groups, fused=fused or None, foreach=None if fused else True, **kw)
