@@ -164,8 +164,12 @@ class WandbSink:
         import wandb
 
         id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
-        id_file.write_text(run_id)
+        run_id = id_file.read_text().strip() if id_file.exists() else ""
+        if not run_id:  # new run (or a file emptied by a kill mid-write: written atomically now)
+            run_id = uuid.uuid4().hex[:12]
+            tmp = id_file.with_name(id_file.name + ".tmp")
+            tmp.write_text(run_id)
+            tmp.replace(id_file)
         self.run = wandb.init(project=logger_cfg.project, name=logger_cfg.run_name or run_dir.name, id=run_id,
                               resume="allow", dir=str(run_dir), mode=logger_cfg.mode, config=config)
 
