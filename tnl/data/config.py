@@ -45,13 +45,17 @@ class DataConfig:
     """One dataset. Paths are used as given (Hydra resolves `${data.root}`); relative ones are relative to the cwd."""
 
     name: str
-    inputs: tuple[str, ...]  # files, globs, or `builtin:python_docs` (the embedded demo corpus)
+    inputs: tuple[str, ...]  # files, globs, or `builtin:python_docs` (the embedded demo corpus); empty with `hf`
     dir: str  # where tokenizer + shards + manifest are written
     root: str = "data"  # where corpora live; only used through interpolation in `inputs`
     val_inputs: tuple[str, ...] = ()  # a separate validation set; else `val_fraction` of the documents
     val_fraction: float = 0.01
     text_field: str = "text"  # the field of .jsonl/.parquet rows holding the document
-    doc_separator: str | None = None  # .txt files: split into documents at this string (None: a file is one doc)
+    doc_separator: str | None = None  # .txt files: split into documents at this string (None: by txt_split)
+    txt_split: str = "chunks"  # .txt files without doc_separator: chunks | paragraphs | file (tnl.data.readers)
+    chunk_chars: int = 4096  # txt_split=chunks: documents of about this many characters, ended at a blank line
+    hf: Any = None  # a Hugging Face dataset instead of files: {path, name, split, val_split, streaming, revision,
+    # data_files, data_dir} (tnl.data.hf_source); documents are the rows' `text_field`
     vocab_size: int = 4096
     tokenizer: str | None = None  # reuse this tokenizer (a .model file or a prepared dir) instead of training
     tokenizer_train_lines: int = 200_000  # size of the deterministic line sample the tokenizer is trained on
@@ -79,15 +83,26 @@ class DataConfig:
         unknown = sorted(set(cfg) - fields)
         if unknown:
             raise DataError(f"unknown data option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-        missing = [k for k in ("name", "inputs") if cfg.get(k) in (None, "", [])]
-        if missing:
-            raise DataError(f"data config needs {', '.join(missing)}")
         kw = dict(cfg)
+        if kw.get("hf") is not None:
+            from tnl.data.hf_source import HfSpec
+
+            kw["hf"] = HfSpec.from_mapping(kw["hf"])
+            if kw.get("inputs") not in (None, "", [], ()):
+                raise DataError("give data.inputs (files) or data.hf (a Hugging Face dataset), not both; "
+                                "data=hf starts from no file inputs")
+            kw["inputs"] = ()
+            if kw.get("name") in (None, ""):  # e.g. user/TinyStories -> TinyStories
+                kw["name"] = _safe_name(kw["hf"])
+        missing = [k for k in ("name", "inputs")
+                   if kw.get(k) in (None, "", []) and not (k == "inputs" and kw.get("hf") is not None)]
+        if missing:
+            raise DataError(f"data config needs {', '.join(missing)} (or data.hf for a Hugging Face dataset)")
         kw["inputs"] = _str_tuple(kw["inputs"], "inputs")
         kw["val_inputs"] = _str_tuple(kw.get("val_inputs") or (), "val_inputs")
         if kw.get("dir") in (None, ""):
             kw["dir"] = os.path.join("data", "prepared", str(kw["name"]))
-        for key in ("vocab_size", "tokenizer_train_lines", "shard_tokens", "seed"):
+        for key in ("vocab_size", "tokenizer_train_lines", "shard_tokens", "seed", "chunk_chars"):
             if key in kw and (isinstance(kw[key], bool) or not isinstance(kw[key], int)):
                 raise DataError(f"data.{key} must be an integer, got {kw[key]!r}")
         self = cls(**kw)
@@ -112,6 +127,22 @@ class DataConfig:
             raise DataError(f"data.num_workers must be a positive integer or null, got {self.num_workers!r}")
         if self.doc_separator == "":
             raise DataError("data.doc_separator must be null or a non-empty string")
+        if self.txt_split not in ("chunks", "paragraphs", "file"):
+            raise DataError(f"data.txt_split must be chunks, paragraphs or file, got {self.txt_split!r}")
+        if self.chunk_chars < 64:
+            raise DataError(f"data.chunk_chars must be >= 64, got {self.chunk_chars}")
+
+    @property
+    def has_val_source(self) -> bool:
+        """A separate validation set is given (files or a dataset split), so val_fraction does not apply."""
+        return bool(self.val_inputs) or (self.hf is not None and self.hf.val_split is not None)
+
+
+def _safe_name(spec) -> str:
+    """A data name (and so a default data dir) from a Hugging Face dataset spec: its last path part and config."""
+    base = Path(spec.path.rstrip("/\\")).name or "hf"
+    name = f"{base}-{spec.name}" if spec.name else base
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _str_tuple(value: Any, key: str) -> tuple[str, ...]:

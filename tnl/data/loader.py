@@ -125,12 +125,23 @@ class PackedLoader:
         return {"version": STATE_VERSION, "step": self._step, "position": self._position,
                 "counts": list(self._counts), "epochs": epochs,
                 "seed": self.seed, "seq_len": self.seq_len, "weights": self.weights.tolist(),
-                "num_samples": [d.num_samples for d in self.datasets]}
+                "num_samples": [d.num_samples for d in self.datasets], "fingerprints": self.fingerprints}
+
+    @property
+    def fingerprints(self) -> list[str | None]:
+        """The manifest fingerprint of each prepared dir: which inputs, tokenizer and settings its shards hold."""
+        return [d.manifest.get("fingerprint") for d in self.datasets]
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
         for key in ("seed", "seq_len"):
             if sd.get(key) != getattr(self, key):
                 raise DataError(f"loader state has {key}={sd.get(key)!r}, this loader {getattr(self, key)!r}")
+        old = sd.get("fingerprints")  # absent in states saved before it was recorded
+        if old is not None and list(old) != self.fingerprints:
+            changed = [str(d.dir) for d, a, b in zip(self.datasets, old, self.fingerprints) if a != b]
+            raise DataError(f"the data changed since this state was saved: {', '.join(changed) or 'the mixture'} "
+                            "now holds shards of other inputs or settings (a changed dataset, file or data option); "
+                            "resume on the same data, or start a new run_dir")
         if sd.get("num_samples") != [d.num_samples for d in self.datasets] or len(sd["counts"]) != len(self._counts):
             raise DataError("loader state was saved for different data (sample counts differ); cannot resume")
         if not np.allclose(sd.get("weights", []), self.weights):

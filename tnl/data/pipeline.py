@@ -9,12 +9,15 @@ Layout of a prepared dir:
 A build first deletes manifest.json, writes shards into a temp folder and renames it into place, then writes the
 manifest; an interrupted build therefore never looks complete. The manifest's fingerprint covers the sha256 of
 every input, the tokenizer and every setting that changes the shards, so an unchanged re-run is a no-op.
+Inputs are files, the demo corpus or Hugging Face dataset splits (tnl.data.sources; for datasets the Hub commit, the
+files' sha256 or the save_to_disk fingerprint stand in for a file's sha256).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from tnl.data import demo
-from tnl.data.config import BUILTIN_PREFIX, DataConfig, DataError, resolve_inputs
-from tnl.data.readers import iter_documents, split_name
+from tnl.data import demo, sources
+from tnl.data.config import BUILTIN_PREFIX, DataConfig, DataError
+from tnl.data.shards import ShardWriter as _ShardWriter
 from tnl.data.tokenizer import (
     HF_DIR,
     MODEL_FILE,
@@ -63,26 +66,6 @@ def token_dtype(vocab_size: int, requested: str = "auto") -> np.dtype:
 
 
 # ---------------------------------------------------------------------------------------------- fingerprints
-def _describe_inputs(paths: list[str]) -> list[dict]:
-    out = []
-    for p in paths:
-        if p.startswith(BUILTIN_PREFIX):
-            out.append({"path": p, "id": demo.python_docs_id()})
-        else:
-            split_name(p)  # unsupported type -> DataError before any work
-            try:
-                out.append({"path": p, "bytes": os.path.getsize(p), "sha256": file_sha256(p)})
-            except OSError as e:
-                raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
-    return out
-
-
-def _content(described: list[dict]) -> list[dict]:
-    """What the shards depend on: file names and contents, not where the files live (moving a corpus or changing
-    TNL_DATA_ROOT does not force a rebuild)."""
-    return [{k: (Path(v).name if k == "path" else v) for k, v in d.items()} for d in described]
-
-
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
@@ -93,11 +76,8 @@ class _Plan:
     def __init__(self, c: DataConfig):
         self.c = c
         self.dir = Path(c.dir)
-        self.inputs = _describe_inputs(resolve_inputs(c.inputs, "inputs"))
-        self.val_inputs = _describe_inputs(resolve_inputs(c.val_inputs, "val_inputs")) if c.val_inputs else []
-        if any(d["path"].startswith(BUILTIN_PREFIX) for d in self.val_inputs):
-            raise DataError("data.val_inputs cannot be a builtin corpus; use data.val_fraction to hold part out")
-        reader = {"text_field": c.text_field, "doc_separator": c.doc_separator}
+        self.inputs, self.val_inputs = sources.describe(c)
+        reader = sources.reader_settings(c, self.inputs + self.val_inputs)
         if c.tokenizer:
             model = Path(c.tokenizer)
             model = model / MODEL_FILE if model.is_dir() else model
@@ -108,12 +88,13 @@ class _Plan:
         else:
             self.tokenizer_source = None
             token_dtype(c.vocab_size, c.token_dtype)  # fail before training when the vocab cannot be stored
-            self.tokenizer_fp = _digest({"train": _content(self.inputs), "vocab_size": c.vocab_size, "seed": c.seed,
-                                         "lines": c.tokenizer_train_lines, "reader": reader, "v": FORMAT_VERSION})
+            self.tokenizer_fp = _digest({"train": sources.content(self.inputs), "vocab_size": c.vocab_size,
+                                         "seed": c.seed, "lines": c.tokenizer_train_lines, "reader": reader,
+                                         "v": FORMAT_VERSION})
         self.fingerprint = _digest({
-            "v": FORMAT_VERSION, "tokenizer": self.tokenizer_fp, "inputs": _content(self.inputs),
-            "val_inputs": _content(self.val_inputs),
-            "val_fraction": 0.0 if c.val_inputs else float(c.val_fraction), "seed": c.seed, "reader": reader,
+            "v": FORMAT_VERSION, "tokenizer": self.tokenizer_fp, "inputs": sources.content(self.inputs),
+            "val_inputs": sources.content(self.val_inputs),
+            "val_fraction": 0.0 if c.has_val_source else float(c.val_fraction), "seed": c.seed, "reader": reader,
             "token_dtype": c.token_dtype, "shard_tokens": c.shard_tokens,
         })
 
@@ -145,6 +126,21 @@ def is_prepared(cfg_data: Mapping) -> bool:
     """True when `data.dir` holds shards built from exactly these inputs, tokenizer and settings."""
     plan = _Plan(DataConfig.from_mapping(cfg_data))
     return _complete(plan.dir, read_manifest(plan.dir), plan.fingerprint)
+
+
+def changed_build(cfg_data: Mapping) -> str | None:
+    """What differs between the complete build in `data.dir` and this config (inputs, or else settings), or None
+    when they agree or there is no complete build: a run resuming on that dir must not have it rebuilt."""
+    plan = _Plan(DataConfig.from_mapping(cfg_data))
+    manifest = read_manifest(plan.dir)
+    if not manifest or manifest.get("fingerprint") == plan.fingerprint:
+        return None
+    old, new = ({d["path"]: d for d in sources.content(inputs + val)} for inputs, val in
+                ((manifest.get("inputs", []), manifest.get("val_inputs", [])), (plan.inputs, plan.val_inputs)))
+    changed = sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p))
+    if changed:
+        return f"its input(s) {', '.join(changed[:3])} changed"
+    return "its settings changed (tokenizer, validation split, reading or shard options)"
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -186,13 +182,13 @@ def _build(plan: _Plan, force: bool) -> None:
     c, out = plan.c, plan.dir
     t0 = time.perf_counter()
     corpus = None
-    paths = [d["path"] for d in plan.inputs]
-    if any(p.startswith(BUILTIN_PREFIX) for p in paths):
+    if any(d["path"].startswith(BUILTIN_PREFIX) for d in plan.inputs):
         corpus = demo.build_python_docs(out / "corpus" / "python_docs.jsonl")
         log.info("built the demo corpus from this Python's docs: %d documents, %d bytes, sha256 %s",
                  corpus["documents"], corpus["bytes"], corpus["sha256"])
-        paths = [corpus["path"] if p.startswith(BUILTIN_PREFIX) else p for p in paths]
-    val_paths = [d["path"] for d in plan.val_inputs]
+    # (manifest entry, where to read it) of each input
+    train = [(d, corpus["path"] if d["path"].startswith(BUILTIN_PREFIX) else d["path"]) for d in plan.inputs]
+    val = [(d, d["path"]) for d in plan.val_inputs]
 
     model = out / MODEL_FILE
     fp_file = out / "tokenizer.fingerprint"
@@ -204,9 +200,13 @@ def _build(plan: _Plan, force: bool) -> None:
             shutil.copyfile(plan.tokenizer_source, model.with_name(".tokenizer.model.tmp"))
             os.replace(model.with_name(".tokenizer.model.tmp"), model)
         else:
+            from tqdm import tqdm
+
             t = time.perf_counter()
-            docs = (d for p in paths for d in _read(c, p, corpus))
-            lines = sample_lines(docs, c.tokenizer_train_lines, c.seed)
+            docs = tqdm((x for d, p in train for x in sources.read(c, d, p)), desc=f"read {c.name} (tokenizer sample)",
+                        unit="doc", total=sources.total_rows(plan.inputs), mininterval=1.0, dynamic_ncols=True)
+            with docs:
+                lines = sample_lines(docs, c.tokenizer_train_lines, c.seed)
             train_tokenizer(lines, model, c.vocab_size)
             log.info("trained a %d-token BPE tokenizer on %d sampled lines in %.1fs",
                      c.vocab_size, len(lines), time.perf_counter() - t)
@@ -218,7 +218,7 @@ def _build(plan: _Plan, force: bool) -> None:
     tmp = out / f".shards.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        stats = _tokenize(plan, paths, corpus, val_paths, tok, dtype, tmp)
+        stats = _tokenize(plan, train, val, tok, dtype, tmp)
         for split in SPLITS:
             shutil.rmtree(out / split, ignore_errors=True)
             if (tmp / split).exists():
@@ -237,8 +237,10 @@ def _build(plan: _Plan, force: bool) -> None:
         "inputs": plan.inputs,
         "val_inputs": plan.val_inputs,
         "demo_corpus": corpus and {**corpus, "path": "corpus/python_docs.jsonl"},
+        "documents": sources.document_rules(c, plan.inputs + plan.val_inputs),
         "splits": stats["splits"],
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(c).items()},
+        "config": {k: (list(v) if isinstance(v, tuple) else dataclasses.asdict(v) if dataclasses.is_dataclass(v)
+                       else v) for k, v in vars(c).items()},
         "build": {"seconds": round(time.perf_counter() - t0, 3), "tokenize_seconds": stats["seconds"],
                   "tokens_per_s": stats["tokens_per_s"], "workers": stats["workers"], "python": sys.version},
     }
@@ -262,21 +264,15 @@ def _is_val(seed: int, index: int, fraction: float) -> bool:
     return int.from_bytes(h, "little") < fraction * 2.0**64
 
 
-def _read(c: DataConfig, path: str, corpus: dict | None) -> Iterator[str]:
-    """The documents of one input; the built demo corpus is JSON lines with a "text" field whatever data.text_field."""
-    field = "text" if corpus is not None and path == corpus["path"] else c.text_field
-    return iter_documents(path, field, c.doc_separator)
-
-
-def _jobs(c: DataConfig, paths, corpus, val_paths) -> Iterator[tuple[str, list[str]]]:
+def _jobs(c: DataConfig, train, val) -> Iterator[tuple[str, list[str]]]:
     """(split, texts) batches in corpus order: train inputs (minus the held-out documents), then val_inputs."""
-    frac = 0.0 if val_paths else float(c.val_fraction)
+    frac = 0.0 if val else float(c.val_fraction)
     buf: dict[str, list[str]] = {"train": [], "val": []}
     size = {"train": 0, "val": 0}
-    sources = [("train", p) for p in paths] + [("val", p) for p in val_paths]
+    inputs = [("train", d, p) for d, p in train] + [("val", d, p) for d, p in val]
     i = 0
-    for default_split, p in sources:
-        for doc in _read(c, p, corpus):
+    for default_split, d, p in inputs:
+        for doc in sources.read(c, d, p):
             split = "val" if default_split == "val" or (frac > 0 and _is_val(c.seed, i, frac)) else "train"
             i += 1
             buf[split].append(doc)
@@ -305,53 +301,18 @@ def _encode(job: tuple[str, list[str]]) -> tuple[str, np.ndarray, np.ndarray]:
     return split, tokens, lengths
 
 
-class _ShardWriter:
-    """Appends token batches to shard files of one split; a new shard starts past `shard_tokens`."""
-
-    def __init__(self, split_dir: Path, dtype: np.dtype, shard_tokens: int):
-        self.dir, self.dtype, self.limit = split_dir, dtype, shard_tokens
-        self.shards: list[dict] = []
-        self.f = None
-
-    def add(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
-        if self.f is None or self.shards[-1]["tokens"] >= self.limit:
-            self._open()
-        self.f.write(tokens.tobytes())
-        cur = self.shards[-1]
-        cur["tokens"] += int(tokens.size)
-        cur["_lengths"].append(lengths)
-
-    def _open(self) -> None:
-        self.close()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        name = f"shard-{len(self.shards):05d}"
-        self.shards.append({"path": f"{self.dir.name}/{name}.bin", "tokens": 0, "_lengths": []})
-        self.f = open(self.dir / f"{name}.bin", "wb")
-
-    def close(self) -> dict:
-        if self.f is not None:
-            self.f.close()
-            self.f = None
-            cur = self.shards[-1]
-            ends = np.cumsum(np.concatenate(cur.pop("_lengths")))
-            np.save(self.dir / Path(cur["path"]).name.replace(".bin", ".docs.npy"), ends)
-            cur["docs"] = int(ends.size)
-        tokens = sum(s["tokens"] for s in self.shards)
-        docs = sum(s.get("docs", 0) for s in self.shards)
-        return {"tokens": tokens, "docs": docs, "shards": self.shards}
-
-
-def _tokenize(plan: _Plan, paths, corpus, val_paths, tok: Tokenizer, dtype: np.dtype, tmp: Path) -> dict:
+def _tokenize(plan: _Plan, train, val, tok: Tokenizer, dtype: np.dtype, tmp: Path) -> dict:
     from tqdm import tqdm
 
     c = plan.c
     writers = {s: _ShardWriter(tmp / s, dtype, c.shard_tokens) for s in SPLITS}
-    jobs = _jobs(c, paths, corpus, val_paths)
+    jobs = _jobs(c, train, val)
     n_workers = _workers(c)
     init = (tok.model_file, dtype.name)
     t0 = time.perf_counter()
     docs = tokens = 0
-    bar = tqdm(desc=f"tokenize {c.name}", unit="doc", mininterval=1.0, dynamic_ncols=True)
+    bar = tqdm(desc=f"tokenize {c.name}", unit="doc", total=sources.total_rows(plan.inputs + plan.val_inputs),
+               mininterval=1.0, dynamic_ncols=True)
     try:
         for split, arr, lengths in _run(jobs, init, n_workers):
             writers[split].add(arr, lengths)
@@ -365,10 +326,13 @@ def _tokenize(plan: _Plan, paths, corpus, val_paths, tok: Tokenizer, dtype: np.d
     seconds = time.perf_counter() - t0
     splits = {s: w.close() for s, w in writers.items()}
     if splits["train"]["docs"] == 0:
-        raise DataError(f"data.inputs of {c.name!r} hold no documents (empty corpus): {', '.join(paths)}")
-    if (val_paths or c.val_fraction > 0) and splits["val"]["docs"] == 0:
+        names = ", ".join(d["path"] for d, _ in train)
+        raise DataError(f"the inputs of {c.name!r} hold no documents (empty corpus): {names}")
+    if (val or c.val_fraction > 0) and splits["val"]["docs"] == 0:
+        txt = (" (or, for .txt inputs, data.txt_split=chunks with a smaller data.chunk_chars)"
+               if "txt" in sources.document_rules(c, plan.inputs) else "")
         raise DataError(f"no validation documents: val_fraction={c.val_fraction} held out none of "
-                        f"{splits['train']['docs']} documents; raise it or set data.val_inputs")
+                        f"{splits['train']['docs']} documents; raise it or set data.val_inputs{txt}")
     if splits["val"]["docs"] == 0:
         del splits["val"]
     for s, info in splits.items():

@@ -2,6 +2,15 @@
 
 Each reader yields one str per document without loading the file whole (except a .txt file that is one document).
 Anything that is not UTF-8 text, or not the format its name says, raises DataError naming the file and place.
+
+Where a .txt file's documents end (TXT_SPLITS; data.doc_separator, when set, takes precedence):
+  file        the whole file is one document
+  paragraphs  every blank line (a run of empty or whitespace-only lines) ends a document
+  chunks      documents of about chunk_chars characters: each ends at the first blank line at or after chunk_chars
+              characters; where none comes before 2 * chunk_chars, at the last line break before that (or exactly
+              there when the stretch has no line break)
+paragraphs and chunks keep the text exactly (a blank line stays with the document it ends): the documents concatenate
+back to the file, except documents that are only whitespace, which are skipped as everywhere.
 """
 
 from __future__ import annotations
@@ -12,7 +21,8 @@ import gzip
 import io
 import json
 import lzma
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -21,6 +31,22 @@ from tnl.data.config import DataError
 _COMPRESSIONS = (".gz", ".xz", ".bz2", ".zst")
 _FORMATS = (".txt", ".text", ".md", ".jsonl", ".json", ".parquet")
 _CHUNK = 1 << 20
+TXT_SPLITS = ("chunks", "paragraphs", "file")
+_BREAK = re.compile(r"\n[^\S\n]*\n(?:[^\S\n]*\n)*")  # a line break followed by one or more blank lines
+_SETTLED = re.compile(r"[^\S\n]*\S")  # after a break: more text on the line, so the break cannot grow
+
+
+def txt_rule(txt_split: str, chunk_chars: int, doc_separator: str | None = None) -> str:
+    """The document boundary rule of .txt inputs in words (recorded in the manifest)."""
+    if doc_separator is not None:
+        return f"a document ends at each {doc_separator!r} (data.doc_separator), which is dropped"
+    if txt_split == "file":
+        return "a .txt file is one document"
+    if txt_split == "paragraphs":
+        return "every blank line ends a document (paragraphs; the blank lines stay with the paragraph they end)"
+    return (f"documents of about {chunk_chars} characters: each ends at the first blank line at or after "
+            f"{chunk_chars} characters, else at the last line break before {2 * chunk_chars}, else at exactly "
+            f"{2 * chunk_chars}; the documents concatenate back to the file")
 
 
 def split_name(path: str) -> tuple[str, str]:
@@ -52,8 +78,10 @@ def _open_binary(path: str, comp: str) -> IO[bytes]:
     return open(path, "rb")
 
 
-def iter_documents(path: str, text_field: str = "text", doc_separator: str | None = None) -> Iterator[str]:
-    """Yield the non-blank documents of one input file, in file order."""
+def iter_documents(path: str, text_field: str = "text", doc_separator: str | None = None, txt_split: str = "file",
+                   chunk_chars: int = 4096) -> Iterator[str]:
+    """Yield the non-blank documents of one input file, in file order (txt_split / chunk_chars: see the module
+    docstring; they apply to .txt files without doc_separator)."""
     fmt, comp = split_name(path)
     try:
         if fmt == ".parquet":
@@ -62,6 +90,10 @@ def iter_documents(path: str, text_field: str = "text", doc_separator: str | Non
         with _open_binary(path, comp) as f:
             if fmt in (".jsonl", ".json"):
                 yield from _jsonl_docs(f, path, text_field)
+            elif doc_separator is None and txt_split != "file":
+                limit = 2 * chunk_chars if txt_split == "chunks" else None
+                pieces = _txt_pieces(f, path)
+                yield from (d for d in split_text(pieces, chunk_chars if limit else 1, limit) if d.strip())
             else:
                 yield from _txt_docs(f, path, doc_separator)
     except DataError:
@@ -77,6 +109,61 @@ def iter_documents(path: str, text_field: str = "text", doc_separator: str | Non
 def _check_text(text: str, path: str, where: str) -> None:
     if "\x00" in text:
         raise DataError(f"{path}: looks binary (NUL byte {where}); expected UTF-8 text")
+
+
+def _txt_pieces(f: IO[bytes], path: str) -> Iterator[str]:
+    """The text of a UTF-8 file in pieces of about _CHUNK bytes, checked as _txt_docs checks it."""
+    dec = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = 0
+    while True:
+        raw = f.read(_CHUNK)
+        try:
+            text = dec.decode(raw, final=not raw)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (bad byte at offset {offset + e.start})") from None
+        _check_text(text, path, f"near byte offset {offset}")
+        offset += len(raw)
+        if text:
+            yield text
+        if not raw:
+            return
+
+
+def _doc_end(buf: str, at: int, lo: int, hi: int | None, final: bool) -> int | None:
+    """Where the document starting at buf[at] ends (the paragraphs / chunks rules), or None: read more first."""
+    m = _BREAK.search(buf, at + max(lo - 1, 0))
+    while m is not None and m.end() - at < lo:  # a break must end at or after lo characters
+        m = _BREAK.search(buf, m.end())
+    if m is not None and (hi is None or m.start() - at < hi):
+        if final or _SETTLED.match(buf, m.end()):
+            return m.end()
+        return None  # the break may grow with the next piece
+    if hi is None or len(buf) - at < hi:
+        return None  # no break yet: wait for more (at the end of the text, the rest is one document)
+    last = buf.rfind("\n")
+    if not final and at <= last < at + hi and (last + 1 == len(buf) or buf[last + 1:].isspace()):
+        return None  # a break starting before hi may still come (the text so far ends in a line break and spaces)
+    nl = buf.rfind("\n", at, at + hi)
+    return nl + 1 if nl >= 0 else at + hi
+
+
+def split_text(pieces: Iterable[str], lo: int, hi: int | None) -> Iterator[str]:
+    """Documents of a text given in pieces: each ends at the first blank line ending at or after `lo` characters;
+    with `hi`, where none starts before `hi` characters, at the last line break before it (else at `hi`). The result
+    does not depend on how the text is cut into pieces, and its concatenation is the text."""
+    buf = ""
+    for piece in pieces:
+        buf += piece
+        at = 0
+        while (end := _doc_end(buf, at, lo, hi, final=False)) is not None:
+            yield buf[at:end]
+            at = end
+        buf = buf[at:]
+    at = 0
+    while at < len(buf):
+        end = _doc_end(buf, at, lo, hi, final=True) or len(buf)
+        yield buf[at:end]
+        at = end
 
 
 def _txt_docs(f: IO[bytes], path: str, sep: str | None) -> Iterator[str]:

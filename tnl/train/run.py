@@ -79,13 +79,22 @@ def _on_rank0_then_share(fn, rank: int) -> Any:
 def prepare_data(cfg: DictConfig, rank: int) -> Path:
     """The prepared data dir; rank 0 builds tokenizer + shards on first use while the other ranks wait."""
     import tnl.data
+    from tnl.data.pipeline import changed_build
+    from tnl.train.checkpoint import latest_tag
 
     data_cfg = to_dict(cfg.data)
 
     def build():
+        c = tnl.data.DataConfig.from_mapping(data_cfg)
         if not tnl.data.is_prepared(data_cfg):
-            log.info("data %r is not prepared in %s: preparing it now (first use)", data_cfg.get("name"),
-                     data_cfg.get("dir"))
+            # A run with checkpoints resumes on the shards it trained on: refuse before they are rebuilt from changed
+            # inputs (a new Hub revision, edited files), which its loader state would not fit.
+            why = changed_build(data_cfg) if latest_tag(Path(cfg.run_dir) / "checkpoints") else None
+            if why:
+                raise SetupError(f"run_dir {cfg.run_dir} has checkpoints trained on the data in {c.dir}, but {why} "
+                                 "since: resuming would train on other data; restore the inputs (for a Hub dataset, "
+                                 "pin data.hf.revision) or use a new run_dir")
+            log.info("data %r is not prepared in %s: preparing it now (first use)", c.name, c.dir)
         return tnl.data.prepare(data_cfg)
 
     _on_rank0_then_share(build, rank)
@@ -112,8 +121,14 @@ def _mix_member(name: str, primary: dict, primary_dir: Path) -> dict:
             member = to_dict(compose([f"data={name}", f"data.root={primary.get('root', 'data')}"]).data)
         except ConfigError as err:
             raise SetupError(f"data.mix: {err}") from None
+    from tnl.data import DataConfig
+
+    try:  # names and dirs as DataConfig fills them in (a Hugging Face dataset's name comes from its path)
+        own, primary_name = DataConfig.from_mapping(member).dir, DataConfig.from_mapping(primary).name
+    except ValueError as err:
+        raise SetupError(f"data.mix member {name!r}: {err}") from None
     member.update(tokenizer=str(primary_dir), vocab_size=primary["vocab_size"], mix=None, weight=1.0,
-                  dir=f"{member.get('dir') or Path('data/prepared') / member['name']}.tok-{primary['name']}")
+                  dir=f"{own}.tok-{primary_name}")
     return member
 
 
