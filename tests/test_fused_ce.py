@@ -279,22 +279,39 @@ def test_model_gradients_equal_with_fused_and_torch_loss(monkeypatch, arch):
         assert rel_err(g_f[name], g_t[name]) < 1e-5, name
 
 
-def test_inside_torch_compile(triton_backend, monkeypatch):
-    """Under torch.compile (dynamo only: backend "eager") the fused call runs eagerly behind a graph break, once."""
+def test_inside_torch_compile_is_one_custom_op(triton_backend, monkeypatch):
+    """Under torch.compile the fused loss is one custom op of the graph (tnl.custom_ops), forward and backward: the
+    whole function compiles without a graph break (fullgraph) through AOTAutograd, and gives the eager numbers."""
     h, w, t = make(2 * 25, 16, 300, torch.float32, seed=15, ignore=[3])
-    calls = []
-    real = tloss._FusedLinearCE.apply
-    monkeypatch.setattr(tloss._FusedLinearCE, "apply", lambda *a: calls.append(1) or real(*a))
+    calls, compiled = [], [True]
+    real, real_apply = tloss.fused_forward, tloss._FusedLinearCE.apply
+    monkeypatch.setattr(tloss, "fused_forward", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(tloss._FusedLinearCE, "apply",
+                        lambda *a: pytest.fail("autograd Function under compile") if compiled[0] else real_apply(*a))
 
     def f(hh, ww, tt, c):
         return lm_head_loss(torch.tanh(hh).view(2, 25, 16), ww, tt.view(2, 25), c) * 2
 
     dynamo = importlib.import_module("torch._dynamo")
     dynamo.reset()
-    got = run(torch.compile(f, backend="eager"), h, w, t, 8)
+    got = run(torch.compile(f, backend="aot_eager", fullgraph=True), h, w, t, 8)
+    compiled[0] = False
     want = run(f, h, w, t, 8)
+    dynamo.reset()
     assert calls == [1, 1]
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_custom_op_passes_opcheck(triton_backend):
+    """torch.library.opcheck: schema, fake (shape) implementation, autograd registration and AOT dispatch."""
+    h, w, t = make(37, 16, 300, torch.float32, seed=16, ignore=[0, 5])
+    from tnl import custom_ops
+
+    for need_h, need_w in ((True, True), (True, False), (False, True)):
+        args = (h.clone().requires_grad_(need_h), w.clone().requires_grad_(need_w), t, 8, torch.float32, need_h,
+                need_w)
+        torch.library.opcheck(custom_ops._fused_ce, args, atol=1e-5, rtol=1e-5)
 
 
 def test_autocast_fp16_computes_in_fp16_and_returns_fp32_grads(triton_backend):

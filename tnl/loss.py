@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 
 import torch
 
-from tnl import ops
+from tnl import custom_ops, ops
 
 IGNORE_INDEX = -100
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -100,44 +99,59 @@ def _accumulate_mm(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch
 
 
 # ------------------------------------------------------------------------------------------------------ the function
-def _kept(dtype: torch.dtype) -> torch.dtype:
+def kept_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a saved gradient waits in until backward: fp16 ones in fp32, because they are still divided by the
     token count and multiplied by the incoming gradient (an fp16 loss scale) only then, and 1/count-sized values
     would underflow fp16; bf16 has fp32's range."""
     return torch.float32 if dtype == torch.float16 else dtype
 
 
+def fused_forward(hidden, weight, targets, chunk_size, cdtype, kernel, need_h, need_w):
+    """(loss, dloss/dhidden or None, dloss/dweight or None), all computed here, chunk by chunk (module docstring).
+    kernel: tnl_kernels.ce_grad_inplace. Shared by the autograd Function and the custom op (tnl.custom_ops)."""
+    N, D = hidden.shape
+    V = weight.shape[0]
+    with torch.autocast(hidden.device.type, enabled=False):
+        w = weight.to(cdtype)
+        count = (targets != IGNORE_INDEX).sum()
+        inv = 1.0 / count.clamp(min=1).to(torch.float32)  # device scalar: no host sync
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        dh = torch.empty(N, D, dtype=kept_dtype(hidden.dtype), device=hidden.device) if need_h else None
+        dw = torch.zeros(V, D, dtype=torch.float32, device=hidden.device) if need_w else None
+        for s in range(0, N, chunk_size):
+            hc = hidden[s:s + chunk_size].to(cdtype)
+            logits = hc @ w.T  # (rows, V), contiguous
+            total = total + kernel(logits, targets[s:s + chunk_size], 1.0).sum()
+            dlogits = logits  # overwritten in place: softmax - onehot (unscaled: fp16 keeps its precision)
+            if need_h:
+                if dh.dtype == cdtype:
+                    torch.mm(dlogits, w, out=dh[s:s + chunk_size])
+                else:
+                    dh[s:s + chunk_size] = dlogits @ w
+            if need_w:
+                dw = _accumulate_mm(dw, dlogits.T, hc)
+            del logits, dlogits
+        loss = total * inv
+        if need_h:
+            dh.mul_(inv)
+        if need_w:
+            dw = dw.mul_(inv).to(kept_dtype(weight.dtype))
+    return loss, dh, dw
+
+
+def scale_saved_grads(dh, dw, grad_loss, dtypes):
+    """The backward of the fused loss: the kept gradients times the incoming scalar, in the inputs' dtypes."""
+    g = grad_loss.to(torch.float32)  # multiplied in fp32: a bf16 tensor times a 0-d one would round g to bf16
+    gh = None if dh is None else (dh.to(torch.float32) * g).to(dtypes[0])
+    gw = None if dw is None else (dw.to(torch.float32) * g).to(dtypes[1])
+    return gh, gw
+
+
 class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_size, cdtype, kernel):
         need_h, need_w = ctx.needs_input_grad[:2]
-        N, D = hidden.shape
-        V = weight.shape[0]
-        with torch.autocast(hidden.device.type, enabled=False):
-            w = weight.to(cdtype)
-            count = (targets != IGNORE_INDEX).sum()
-            inv = 1.0 / count.clamp(min=1).to(torch.float32)  # device scalar: no host sync
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            dh = torch.empty(N, D, dtype=_kept(hidden.dtype), device=hidden.device) if need_h else None
-            dw = torch.zeros(V, D, dtype=torch.float32, device=hidden.device) if need_w else None
-            for s in range(0, N, chunk_size):
-                hc = hidden[s:s + chunk_size].to(cdtype)
-                logits = hc @ w.T  # (rows, V), contiguous
-                total = total + kernel(logits, targets[s:s + chunk_size], 1.0).sum()
-                dlogits = logits  # overwritten in place: softmax - onehot (unscaled: fp16 keeps its precision)
-                if need_h:
-                    if dh.dtype == cdtype:
-                        torch.mm(dlogits, w, out=dh[s:s + chunk_size])
-                    else:
-                        dh[s:s + chunk_size] = dlogits @ w
-                if need_w:
-                    dw = _accumulate_mm(dw, dlogits.T, hc)
-                del logits, dlogits
-            loss = total * inv
-            if need_h:
-                dh.mul_(inv)
-            if need_w:
-                dw = dw.mul_(inv).to(_kept(weight.dtype))
+        loss, dh, dw = fused_forward(hidden, weight, targets, chunk_size, cdtype, kernel, need_h, need_w)
         ctx.save_for_backward(dh, dw)
         ctx.dtypes = hidden.dtype, weight.dtype
         return loss
@@ -145,9 +159,7 @@ class _FusedLinearCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         dh, dw = ctx.saved_tensors
-        g = grad_loss.to(torch.float32)  # multiplied in fp32: a bf16 tensor times a 0-d one would round g to bf16
-        gh = None if dh is None else (dh.to(torch.float32) * g).to(ctx.dtypes[0])
-        gw = None if dw is None else (dw.to(torch.float32) * g).to(ctx.dtypes[1])
+        gh, gw = scale_saved_grads(dh, dw, grad_loss, ctx.dtypes)
         return gh, gw, None, None, None, None
 
 
@@ -184,9 +196,6 @@ def _fused_call(hidden, weight, targets, chunk_size, cdtype):
     return _FusedLinearCE.apply(hidden, weight, targets, chunk_size, cdtype, kernel)
 
 
-_fused_outside_compile = None
-
-
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                chunk_size: int = 4096) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T` against `targets` (-100 = ignore), gradients computed in forward.
@@ -200,12 +209,9 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
 
     Returns the fp32 loss (0-d), the mean over non-ignored targets (0 when all are ignored, still differentiable).
     Gradients come back in hidden's and weight's dtypes. Always the Triton kernel (interpreted on CPU tensors);
-    `tnl.models.common.lm_head_loss` is the entry point that picks this or the torch path. Kept out of torch.compile
-    graphs (one graph break: the kernel launches and the chunk loop run eagerly)."""
-    global _fused_outside_compile
+    `tnl.models.common.lm_head_loss` is the entry point that picks this or the torch path. Under torch.compile it
+    is one custom op of the graph (tnl.custom_ops), whose backward scales the kept gradients."""
     cdtype = _check(hidden, weight, targets, chunk_size)
-    if "torch._dynamo" not in sys.modules:  # nothing can be compiling: skip the wrapper (importing dynamo is slow)
-        return _fused_call(hidden, weight, targets, chunk_size, cdtype)
-    if _fused_outside_compile is None:
-        _fused_outside_compile = torch.compiler.disable(_fused_call)
-    return _fused_outside_compile(hidden, weight, targets, chunk_size, cdtype)
+    if torch.compiler.is_compiling():
+        return custom_ops.fused_linear_ce(hidden, weight, targets, chunk_size, cdtype)
+    return _fused_call(hidden, weight, targets, chunk_size, cdtype)

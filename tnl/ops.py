@@ -19,7 +19,7 @@ import weakref
 
 import torch
 
-from tnl import reference
+from tnl import custom_ops, reference
 
 __all__ = ["lightning_attn", "lightning_attn_step", "srms_norm"]
 
@@ -241,6 +241,7 @@ def lightning_attn(q, k, v, slope=None, *, initial_state=None, output_final_stat
     The state is the TRUE state S_t = sum_s lam^(t-s) k_s^T v_s (+ lam^(t+1) S_0), so `final_state` of one call is the
     `initial_state` of the next, and `lightning_attn_step` continues it token by token. Gradients flow to q, k, v and
     `initial_state`. Backend: Triton on CUDA, pure torch on CPU; TNL_KERNEL_BACKEND=triton|torch forces one.
+    Under torch.compile the call is one custom op of the graph (tnl.custom_ops), forward and backward.
 
     Examples::
         >>> import torch
@@ -267,6 +268,8 @@ def lightning_attn(q, k, v, slope=None, *, initial_state=None, output_final_stat
     if not isinstance(output_final_state, bool):
         raise TypeError(f"output_final_state must be a bool, got {type(output_final_state).__name__}")
 
+    if torch.compiler.is_compiling():  # one opaque node of the graph, backend chosen when it runs
+        return custom_ops.lightning_attn(q, k, v, slope, initial_state, output_final_state, cu_seqlens)
     if _backend(q.device) == "triton":
         fn = _triton_fn("lightning_attn_triton", q.device)
         if slope is not None:
@@ -313,7 +316,8 @@ def _step_torch(q, k, v, slope, state):
 def srms_norm(x, eps=1e-6):
     """Simple RMSNorm without weight: y = x * rsqrt(mean(x^2, -1) + eps), float32 inside, returned in x's dtype.
 
-    Triton on CUDA (`tnl_kernels.srms_norm_triton`), torch on CPU; TNL_KERNEL_BACKEND forces one. Differentiable."""
+    Triton on CUDA (`tnl_kernels.srms_norm_triton`), torch on CPU; TNL_KERNEL_BACKEND forces one. Differentiable.
+    Under torch.compile the plain formula, for inductor to fuse with its neighbours (see tnl.custom_ops)."""
     _tensor(x, "x")
     if x.dtype not in _DTYPES:
         raise TypeError(f"x must be bfloat16, float16 or float32, got {x.dtype}")
@@ -321,6 +325,8 @@ def srms_norm(x, eps=1e-6):
         raise ValueError(f"x must have a non-empty last dim, got shape {tuple(x.shape)}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"eps must be a positive number, got {eps!r}")
+    if torch.compiler.is_compiling():  # the formula: inductor fuses it with the adds, gates and casts around it
+        return reference.srms_norm(x, eps)
     if _backend(x.device) == "triton":
         return _triton_fn("srms_norm_triton", x.device)(x, float(eps))
     if torch.is_grad_enabled() and x.requires_grad:

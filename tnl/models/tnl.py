@@ -17,7 +17,6 @@ output projection tied to the embeddings.
 from __future__ import annotations
 
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -30,29 +29,6 @@ from tnl.ops import lightning_attn, srms_norm
 
 # Block size assumed when counting LA2's intra-block FLOPs for MFU (the chunked kernels' order of magnitude).
 LA2_FLOPS_BLOCK = 64
-
-
-def _attn_call(q, k, v, slope_of, state, return_state, cu_seqlens):
-    return lightning_attn(q, k, v, slope_of(q.device), initial_state=state, output_final_state=return_state,
-                          cu_seqlens=cu_seqlens)
-
-
-_attn_outside_compile = None
-
-
-def _lightning_attn(q, k, v, slope_of, state, return_state, cu_seqlens):
-    """The LA2 op, kept out of torch.compile graphs: it validates on the host and dispatches to its own kernels
-    (Triton on CUDA), so one clean graph break per layer beats dynamo tracing into the facade. torch._dynamo is only
-    touched once something imported it (importing it costs seconds; without it nothing can be compiling).
-    slope_of(device) gives the layer's decay rates; it is called outside the graph too, since dynamo would
-    otherwise guard on each layer's Python floats and recompile the shared block code once per layer (past its
-    recompile limit of 8 the remaining layers silently ran eager)."""
-    global _attn_outside_compile
-    if "torch._dynamo" not in sys.modules:
-        return _attn_call(q, k, v, slope_of, state, return_state, cu_seqlens)
-    if _attn_outside_compile is None:
-        _attn_outside_compile = torch.compiler.disable(_attn_call)
-    return _attn_outside_compile(q, k, v, slope_of, state, return_state, cu_seqlens)
 
 
 def alibi_slopes(n: int) -> list[float]:
@@ -118,12 +94,19 @@ class NormLinearAttention(nn.Module):
             s = self._slope_cache[device] = torch.tensor(self.slopes, dtype=torch.float32, device=device)
         return s
 
-    def forward(self, x, positions, cu_seqlens=None, state=None, padding_mask=None, return_state=False, sp=None):
+    def forward(self, x, positions, cu_seqlens=None, state=None, padding_mask=None, return_state=False, sp=None,
+                slope=None):
         """x (B, T, D); positions (T,) or (B, T); state (B, H, Dq, Dh) fp32 or None; padding_mask (B, T) 1 = token;
-        sp: a tnl.parallel.SequenceContext when x is one rank's chunk of a sequence-parallel group (training form).
+        sp: a tnl.parallel.SequenceContext when x is one rank's chunk of a sequence-parallel group (training form);
+        slope: this layer's decay rates, self.slope(x.device) when None. The model passes them in, so that a
+        compiled block takes them as a tensor input: read inside the graph, dynamo would guard on each layer's
+        values and recompile the block code shared by all layers once per layer (past its recompile limit of 8
+        the remaining layers silently ran eager; seen on an H100 with torch 2.11).
 
         Returns (out (B, T, D), final state or None). T == 1 with a state takes the O(1) recurrent step."""
         B, T, D = x.shape
+        if slope is None:
+            slope = self.slope(x.device)
         H, Dh = self.num_heads, self.head_dim
         if self.gate_rank:
             q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
@@ -140,15 +123,15 @@ class NormLinearAttention(nn.Module):
         if sp is not None:
             from tnl.parallel import lightning_attn_sp
 
-            o = lightning_attn_sp(q, k, v, self.slope(x.device), group=sp.group, cu_seqlens=cu_seqlens,
-                                  carry_in=sp.shard.carry_in)
+            o = lightning_attn_sp(q, k, v, slope, group=sp.group, cu_seqlens=cu_seqlens, carry_in=sp.shard.carry_in)
         elif T == 1 and state is not None:
             from tnl.ops import lightning_attn_step  # O(1) decode step
 
-            o, state = lightning_attn_step(q[:, 0], k[:, 0], v[:, 0], self.slope(x.device), state)
+            o, state = lightning_attn_step(q[:, 0], k[:, 0], v[:, 0], slope, state)
             o = o[:, None]
-        else:
-            o, state = _lightning_attn(q, k, v, self.slope, state, return_state, cu_seqlens)
+        else:  # under torch.compile: one custom op of the graph (tnl.custom_ops)
+            o, state = lightning_attn(q, k, v, slope, initial_state=state, output_final_state=return_state,
+                                      cu_seqlens=cu_seqlens)
         o = srms_norm(o.reshape(B, T, D), self.eps)
         return self.out_proj(u * o), state
 
@@ -173,14 +156,15 @@ class TnlBlock(nn.Module):
         self.token_mixer = NormLinearAttention(args, layer_idx)
         self.channel_mixer = SGLU(args.hidden_size, args.intermediate_size, args.initializer_range)
 
-    def forward(self, x, positions, cu_seqlens=None, state=None, padding_mask=None, return_state=False, sp=None):
+    def forward(self, x, positions, cu_seqlens=None, state=None, padding_mask=None, return_state=False, sp=None,
+                slope=None):
         h, state = self.token_mixer(srms_norm(x, self.eps), positions, cu_seqlens, state, padding_mask, return_state,
-                                    sp)
+                                    sp, slope)
         x = x + h
         return x + self.channel_mixer(srms_norm(x, self.eps)), state
 
-    def forward_train(self, x, positions, cu_seqlens, sp=None):
-        return self.forward(x, positions, cu_seqlens, sp=sp)[0]
+    def forward_train(self, x, positions, cu_seqlens, sp=None, slope=None):
+        return self.forward(x, positions, cu_seqlens, sp=sp, slope=slope)[0]
 
 
 class TnlModules:
@@ -209,11 +193,12 @@ class TnlModules:
         new_states = [] if return_states else None
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and states is None
         for i, layer in enumerate(self.layers):
+            slope = layer.token_mixer.slope(x.device)  # an input of the (compiled) block, see NormLinearAttention
             if use_ckpt and not return_states:
-                x = checkpoint(layer.forward_train, x, positions, cu_seqlens, sp, use_reentrant=False)
+                x = checkpoint(layer.forward_train, x, positions, cu_seqlens, sp, slope, use_reentrant=False)
                 continue
             x, s = layer(x, positions, cu_seqlens, None if states is None else states[i], padding_mask,
-                         return_states, sp)
+                         return_states, sp, slope)
             if return_states:
                 new_states.append(s)
         return srms_norm(x, self.args.norm_eps), new_states
