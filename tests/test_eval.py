@@ -94,6 +94,30 @@ def test_cli_json_to_stdout_and_file(run_dir, tmp_path, capsys):
     assert printed["heldout"]["seq_len"] == 32  # the run's trainer.seq_len
 
 
+def test_cli_context_sweep(run_dir, tmp_path, capsys):
+    """--contexts: the loss at several contexts over the same tokens of the run's validation split; the training
+    context's entry equals the plain held-out loss over the same windows."""
+    out = tmp_path / "sweep.json"
+    rc = cli.main(["--run", str(run_dir), "--contexts", "16,32,64", "--max-tokens", "256", "--no-progress",
+                   "--out", str(out), "--device", "cpu"])
+    report = json.loads(out.read_text())
+    assert rc == 0 and json.loads(capsys.readouterr().out) == report
+    sweep = report["contexts"]
+    assert sweep["windows"] == "disjoint" and sweep["tokens"] == 256 and sweep["train_seq_len"] == 32
+    assert [r["context"] for r in sweep["results"]] == [16, 32, 64] and "heldout" not in report
+    assert all(r["tokens"] == 256 and r["windows"] == 256 // r["context"] for r in sweep["results"])
+    lm = load_run(run_dir, device="cpu")
+    from tnl.eval.extrapolation import val_stream
+
+    stream = val_stream(lm.info["data_dir"])
+    data = torch.from_numpy(stream[:257])
+    batches = [{"input_ids": data[:-1].view(8, 32), "targets": data[1:].view(8, 32)}]
+    assert heldout_loss(lm, batches, progress=False)["loss"] == pytest.approx(sweep["results"][1]["loss"], rel=1e-5)
+    assert cli.main(["--run", str(run_dir), "--contexts", "16", "--seq-len", "16", "--no-progress",
+                     "--out", str(tmp_path / "x.json")]) == 1
+    assert "either --seq-len" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
 def test_text_files_score_every_token_once(hf_lm, tmp_path):
     lm = hf_lm
     rng = np.random.default_rng(1)

@@ -5,6 +5,7 @@
     python scripts/eval.py --hf path/to/hf data=gutenberg           # any HF dir on a data config's val split
     python scripts/eval.py --hf path/to/hf --text a.txt b.jsonl     # on text files (.txt: a document per file)
     python scripts/eval.py --hf runs/tiny/hf --tasks all --data-dir ../shared/evals --limit 500
+    python scripts/eval.py --run runs/tiny --contexts 512,1K,2K,4K,8K,16K   # loss at each context (extrapolation)
 
 Positional key=value arguments are Hydra overrides of the data config (configs/data/<name>.yaml), as for train.py.
 The JSON report goes to stdout and to --out (default: <run>/eval/<source>.json, or <hf>.eval.json).
@@ -37,7 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="data=NAME|data.KEY=VALUE",
                    help="data config to take the validation split of (default with --run: the run's own data)")
     p.add_argument("--text", nargs="+", metavar="FILE", help="evaluate on these .txt/.jsonl files instead")
-    p.add_argument("--seq-len", type=int, help="tokens per window (default: the run's trainer.seq_len, else 2048)")
+    p.add_argument("--seq-len", "--context", type=int, dest="seq_len",
+                   help="evaluation context: tokens per window (default: the run's trainer.seq_len, else 2048)")
+    p.add_argument("--contexts", metavar="L1,L2,...",
+                   help="length extrapolation: the loss at each of these contexts (K = 1024) over the same tokens, "
+                        "disjoint windows, each token scored once per context (tnl.eval.extrapolation); replaces "
+                        "the single --seq-len evaluation")
+    p.add_argument("--max-tokens", type=int, default=0,
+                   help="with --contexts: score at most this many tokens (0: all that fill whole windows)")
+    p.add_argument("--tokens-per-batch", type=int, default=16384,
+                   help="with --contexts: tokens per forward (windows per batch = this / context, at least 1)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward (default 8)")
     p.add_argument("--max-batches", type=int, default=0, help="stop after this many batches (0: all)")
     p.add_argument("--tasks", help="zero-shot tasks: 'all' or a comma list (lambada_openai,piqa,arc_easy,...)")
@@ -121,6 +131,15 @@ def run(args) -> dict:
             raise EvalError(f"--{name.replace('_', '-')} must be >= 1")
     if args.seq_len is not None and args.seq_len < 1:
         raise EvalError("--seq-len must be >= 1")
+    contexts = None
+    if args.contexts is not None:
+        from tnl.eval.extrapolation import parse_contexts
+
+        contexts = parse_contexts(args.contexts)
+        if args.seq_len is not None:
+            raise EvalError("give either --seq-len (one context) or --contexts (a sweep), not both")
+        if args.tokens_per_batch < 1 or args.max_tokens < 0:
+            raise EvalError("--tokens-per-batch must be >= 1 and --max-tokens >= 0")
     if args.run is None and (args.tag is not None or args.source != "checkpoint"):
         raise EvalError("--tag and --source apply to --run only")
     tasks = parse_task_list(args.tasks) if args.tasks else []
@@ -134,8 +153,10 @@ def run(args) -> dict:
     else:
         lm, run_cfg = load_hf(args.hf, args.device, args.dtype), {}
     report = {"model": lm.info, "device": str(lm.device), "dtype": str(lm.dtype).replace("torch.", "")}
-    want_loss = bool(args.text or args.overrides or not tasks)
-    if want_loss:
+    want_loss = bool(args.text or args.overrides or contexts or not tasks)
+    if want_loss and contexts:
+        report["contexts"] = _context_sweep(args, lm, run_cfg, contexts)
+    elif want_loss:
         seq_len = args.seq_len or int(run_cfg.get("trainer", {}).get("seq_len", 2048))
         if args.text:
             batches, total = text_batches(args.text, lm.tokenizer, lm.eos_id, seq_len, args.batch_size)
@@ -163,6 +184,20 @@ def run(args) -> dict:
         if average is not None:
             report["tasks"]["paper_average"] = average
     return report
+
+
+def _context_sweep(args, lm: EvalLM, run_cfg: dict, contexts: list[int]) -> dict:
+    from tnl.eval.extrapolation import context_sweep, text_stream, val_stream
+
+    if args.text:
+        stream, where = text_stream(args.text, lm.tokenizer, lm.eos_id), {"text": [str(t) for t in args.text]}
+    else:
+        data_dir = _data_dir(args, lm, run_cfg)
+        stream, where = val_stream(data_dir), {"data_dir": str(data_dir), "split": "val"}
+    train_len = run_cfg.get("trainer", {}).get("seq_len")
+    sweep = context_sweep(lm, stream, contexts, args.max_tokens, args.tokens_per_batch,
+                          progress=not args.no_progress)
+    return {**where, "train_seq_len": train_len, **sweep}
 
 
 def _checkpoint_data_dir(run_dir: Path) -> str | None:
