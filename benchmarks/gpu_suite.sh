@@ -18,6 +18,9 @@
 #   bash benchmarks/gpu_suite.sh data         # tokenize gutenberg (needs TNL_DATA_ROOT)                       (~1 min)
 #   bash benchmarks/gpu_suite.sh repro tnl    # repro_small for one model (tnl | llama) + held-out eval + tasks
 #   bash benchmarks/gpu_suite.sh compare      # repro_small curves + table from both runs
+#   bash benchmarks/gpu_suite.sh reproduce FIGURE [args]   # scripts/reproduce.py: measure into $RESULTS/reproduction
+#   bash benchmarks/gpu_suite.sh repro_seed tnl 1235       # one more repro_small seed: train, extrapolation, tasks
+#                                                          # (~4 H100 minutes; files in $RESULTS/reproduction)
 #   bash benchmarks/gpu_suite.sh scale tnl_1b 0,1,2,3 100          # data-parallel run on GPUs 0-3 (deepspeed launcher)
 #   bash benchmarks/gpu_suite.sh seqpar tnl_1b 0,1,2,3 524288 3    # sequence parallel, P = 4, 512K context
 #   bash benchmarks/gpu_suite.sh scale_report # scaling table + loss plot from runs/scale_*
@@ -139,6 +142,16 @@ case $step in
     "$PY" scripts/scaling_report.py --out "$RESULTS/scaling" "${specs[@]}" ;;
   compare)
     "$PY" scripts/compare_runs.py runs/repro_small_tnl runs/repro_small_llama --out "$RESULTS/repro_small" ;;
+  reproduce)
+    "$PY" scripts/reproduce.py "$@" --results "$RESULTS/reproduction" ;;
+  repro_seed)
+    # Train repro_small for one model and seed, then evaluate its final checkpoint in one eval.py call: held-out
+    # loss at contexts 512..16K (length extrapolation) and the zero-shot tasks. Measures only (no matplotlib needed
+    # here): redraw the figures with `scripts/reproduce.py all --redraw` where the files land.
+    name=${1:?usage: gpu_suite.sh repro_seed tnl|llama SEED [train overrides]}; seed=${2:?seed}; shift 2
+    "$PY" scripts/reproduce.py loss --models "$name" --seeds "$seed" --no-draw --results "$RESULTS/reproduction" "$@"
+    "$PY" scripts/reproduce.py extrapolation --with-tasks --tasks-limit "${TASK_LIMIT:-500}" --models "$name" \
+      --seeds "$seed" --no-draw --results "$RESULTS/reproduction" ;;
   parallel)
     pids=()
     i=0
