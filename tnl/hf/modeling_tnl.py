@@ -188,9 +188,11 @@ class TnlForCausalLM(TnlModules, TnlPreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, attention_mask=None, past_key_values=None, cache=None, inputs_embeds=None,
                 labels=None, use_cache=None, logits_to_keep=0, output_hidden_states=None, return_dict=None,
                 **kwargs):
-        """input_ids (B, T); attention_mask (B, past + T), 0 = left padding; labels (B, T) unshifted, -100 ignored.
+        """input_ids (B, T); attention_mask (B, past + T), 0 = padding; labels (B, T) unshifted, -100 ignored.
 
-        With a cache holding states, input_ids are the new tokens only (T == 1 decodes in O(1))."""
+        With a cache holding states, input_ids are the new tokens only (T == 1 decodes in O(1)). The loss is the mean
+        over the labelled tokens, or their sum / num_items_in_batch when transformers' Trainer passes that keyword
+        (so gradient accumulation weighs every token alike)."""
         if inputs_embeds is not None:
             raise ValueError("TnlForCausalLM takes input_ids; inputs_embeds is not supported")
         if input_ids is None or input_ids.dim() != 2:
@@ -218,6 +220,9 @@ class TnlForCausalLM(TnlModules, TnlPreTrainedModel, GenerationMixin):
         if labels is not None:
             shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
             loss = lm_head_loss(h, self.output_weight, shifted, self.args.loss_chunk_size)
+            num_items = kwargs.get("num_items_in_batch")
+            if num_items is not None:  # Trainer: sum of token losses / the tokens of the whole accumulated step
+                loss = loss * (shifted != IGNORE_INDEX).sum() / num_items
         if isinstance(logits_to_keep, int):
             h_out = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
         else:
