@@ -51,12 +51,16 @@ $(STAMP): $(STAMP_DEPS)
 	  latest) : > $(CONSTRAINTS) ;; \
 	  *) echo "tnl: DEPS must be locked, latest or lowest, not '$(DEPS)'" >&2; exit 2 ;; \
 	esac
-	@if [ -n "$(HAS_GPU)" ]; then sed -i -E '/^(torch|triton|nvidia-|cuda-)/Id' $(CONSTRAINTS); fi
+	@# torch stays the CPU build whatever DEPS asks (an upgrade would otherwise pull the multi-GB CUDA build).
+	@if [ -n "$(HAS_GPU)" ]; then sed -i -E '/^(torch|triton|nvidia-|cuda-)/Id' $(CONSTRAINTS); \
+	else sed -i -E '/^torch==/d' $(CONSTRAINTS); echo "$(TORCH_CPU)" >> $(CONSTRAINTS); fi
 	@echo "tnl: installing into $(VENV) (DEPS=$(DEPS), $$(grep -c . $(CONSTRAINTS) || true) pins)"
 	@if $(PY) -c "import torch" 2>/dev/null; then echo "tnl: torch already installed in $(VENV)"; \
+	  sed -i -E '/^torch==/d' $(CONSTRAINTS); $(PY) -c "import torch; print('torch==' + torch.__version__)" >> $(CONSTRAINTS); \
 	elif [ -n "$(HAS_GPU)" ]; then $(PIP) install -c $(CONSTRAINTS) "$(TORCH_GPU)"; \
 	else $(PIP) install -c $(CONSTRAINTS) "$(TORCH_CPU)" || { echo "tnl: $(TORCH_CPU) not found; installing the default torch build" \
-	  "(add PyTorch's CPU wheel index to PIP_EXTRA_INDEX_URL to avoid the CUDA download)"; $(PIP) install "torch>=2.5"; }; fi
+	  "(add PyTorch's CPU wheel index to PIP_EXTRA_INDEX_URL to avoid the CUDA download)"; \
+	  sed -i -E '/^torch==/d' $(CONSTRAINTS); $(PIP) install "torch>=2.5"; }; fi
 	$(PIP) install -q $(UPGRADE) -c $(CONSTRAINTS) "setuptools>=64" wheel
 	@# DeepSpeed ships as an sdist whose setup imports torch: build it against the torch installed above.
 	$(PIP) install -q $(UPGRADE) -c $(CONSTRAINTS) --no-build-isolation "deepspeed>=0.15"
