@@ -293,6 +293,32 @@ def test_non_finite_step_is_skipped_then_k_in_a_row_abort(process_group, stage, 
         trainer.train_step()
 
 
+def test_gate_judges_gradients_by_the_clip_norm_when_given():
+    """With a norm source the gate trusts the norm (DeepSpeed's -1 / inf / NaN mark a bad step) and reads no
+    gradient; without one it checks every gradient tensor."""
+    from tnl.train.trainer import StepGate
+
+    for norm, grad, applied in ((1.0, float("nan"), True), (-1.0, 1.0, False), (float("inf"), 1.0, False),
+                                (float("nan"), 1.0, False), (None, float("nan"), False), (None, 1.0, True)):
+        p = nn.Parameter(torch.zeros(3))
+        opt = torch.optim.SGD([p], lr=1.0)
+        gate = StepGate(opt, torch.device("cpu"), grad_norm=lambda n=norm: None if n is None else torch.tensor(n))
+        gate.losses = torch.tensor([0.5])
+        p.grad = torch.full((3,), grad)
+        opt.step()
+        assert gate.vetoed is not applied, (norm, grad)
+        assert bool((p != 0).any()) is applied, (norm, grad)
+
+
+@pytest.mark.parametrize("stage,has_norm", [(0, False), (2, True), (3, False)])
+def test_trainer_gives_the_gate_zero_clip_norm(process_group, stage, has_norm):
+    trainer, _ = make_trainer(stage)
+    assert (trainer.gate.grad_norm is not None) is has_norm
+    trainer.train_step()
+    if has_norm:
+        assert isinstance(trainer.gate.grad_norm(), torch.Tensor)
+
+
 def test_optional_loggers_write_files(tmp_path):
     from tnl.train.metrics import build_sinks
 

@@ -45,28 +45,49 @@ class StepGate:
     """Lets the trainer veto the optimizer update of a step, whatever DeepSpeed wrapper calls the inner optimizer.
 
     DeepSpeed calls the client optimizer's step() at the accumulation boundary (per parameter group for ZeRO-1/2);
-    the gate drops that call when the step's losses (set by the trainer) or this rank's gradients (after DeepSpeed's
+    the gate drops that call when the step's losses (set by the trainer) or its gradients (after DeepSpeed's
     reduction and clipping) are not finite on any rank. Checking here, not before backward, costs no extra sync.
+
+    The gradients are judged by `grad_norm` when it gives a tensor: the global norm DeepSpeed computed for clipping
+    just before this call (ZeRO-1/2; DeepSpeed marks a non-finite gradient there with -1 or inf), so the gate reads
+    one scalar instead of every gradient element. Otherwise (no norm: ZeRO-0/3, no clipping) each gradient tensor
+    is checked with isfinite().all(), stacked into one flag (one device sync, not one per tensor).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device):
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device, grad_norm=None):
         self.optimizer, self.device = optimizer, device
+        self.grad_norm = grad_norm  # () -> this step's global gradient norm (tensor) or None; see Trainer
         self.losses: torch.Tensor | None = None  # this step's micro-batch losses on this rank
         self.vetoed = False
         inner = optimizer.step
 
         def gated_step(opt, *args, **kwargs):
-            flags = [torch.isfinite(p.grad).all().to(self.device) for g in opt.param_groups for p in g["params"]
-                     if p.grad is not None]
+            norm = self.grad_norm() if self.grad_norm is not None else None
+            if isinstance(norm, torch.Tensor):
+                flags = [(torch.isfinite(norm) & (norm >= 0)).all().to(self.device)]
+            else:
+                flags = [torch.isfinite(p.grad).all().to(self.device) for g in opt.param_groups for p in g["params"]
+                         if p.grad is not None]
             if self.losses is not None:
                 flags.append(torch.isfinite(self.losses).all().to(self.device))
-            finite = bool(torch.stack(flags).all()) if flags else True  # one device sync, not one per tensor
+            finite = bool(torch.stack(flags).all()) if flags else True  # one device sync
             if not dist.all_true(finite, self.device):
                 self.vetoed = True
                 return None
             return inner(*args, **kwargs)
 
         optimizer.step = types.MethodType(gated_step, optimizer)
+
+
+def zero_clip_norm(engine):
+    """() -> the global gradient norm that DeepSpeed's ZeRO-1/2 optimizer computed for this step before calling the
+    client optimizer, or None where the engine has no such optimizer (ZeRO-0/3: StepGate checks every gradient).
+    Read from DeepSpeedZeroOptimizer._global_grad_norm, which its step() sets (or resets to None) every step before
+    the client's step; any other wrapper class is not trusted."""
+    zero = getattr(engine, "optimizer", None)
+    if type(zero).__name__ != "DeepSpeedZeroOptimizer":
+        return None
+    return lambda: getattr(zero, "_global_grad_norm", None)
 
 
 @dataclass
@@ -92,6 +113,8 @@ class Trainer:
         self.tokens_per_step = t.micro_batch_size * t.grad_accum * t.seq_len * (self.world_size // sp_size)
         self.batches = iter(self.train_loader)
         self.throughput = Throughput()
+        if self.gate.grad_norm is None:
+            self.gate.grad_norm = zero_clip_norm(self.engine)
 
     # -- one step -------------------------------------------------------------------------------------------------
     def _forward(self, batch: dict) -> torch.Tensor:
