@@ -51,10 +51,10 @@ def _source_label(desc: dict) -> str:
     """One input of a data manifest in words (a file name, the demo corpus, or a Hugging Face dataset)."""
     hf = desc.get("hf")
     if hf:
-        where = {"hub": "the Hugging Face Hub", "disk": "a save_to_disk folder", "files": "local files"}
-        text = f"{hf['path']}" + (f" ({hf['name']})" if hf.get("name") else "") + f", split {hf['split']}"
-        text += f", from {where.get(hf.get('source'), hf.get('source'))}"
-        return text + (f" at revision {hf['revision'][:12]}" if hf.get("revision") else "")
+        where = {"hub": "Hugging Face Hub", "disk": "a save_to_disk folder", "files": "local files"}
+        text = f"{hf['path']}" + (f" ({hf['name']})" if hf.get("name") not in (None, "default") else "")
+        text += f" split {hf['split']} ({where.get(hf.get('source'), hf.get('source'))}"
+        return text + (f", revision {hf['revision'][:12]})" if hf.get("revision") else ")")
     if desc["path"].startswith("builtin:"):
         return f"the documentation shipped with Python ({desc['path']})"
     return Path(desc["path"]).name
@@ -68,9 +68,13 @@ def card_info(run_dir: Path, meta: dict):
     info = CardInfo(name=Path(run_dir).resolve().name, step=meta.get("step"), tokens=meta.get("tokens"))
     manifest = tnl.data.read_manifest(meta["data_dir"]) if meta.get("data_dir") else None
     if manifest:
-        sources = [_source_label(d) for d in manifest.get("inputs", [])]
-        shown = ", ".join(sources[:4]) + (f" and {len(sources) - 4} more" if len(sources) > 4 else "")
-        info.data = f"{manifest.get('name')}: {shown}"
+        def listed(entries):
+            labels = [_source_label(d) for d in entries]
+            return ", ".join(labels[:4]) + (f" and {len(labels) - 4} more" if len(labels) > 4 else "")
+
+        info.data = f"{manifest.get('name')}: {listed(manifest.get('inputs', []))}"
+        if manifest.get("val_inputs"):
+            info.data += f"; validation: {listed(manifest['val_inputs'])}"
         info.data_tokens = {k: v["tokens"] for k, v in manifest.get("splits", {}).items()}
         info.notes.append(f"tokenizer: SentencePiece BPE, {manifest['tokenizer']['vocab_size']} tokens")
     metrics = Path(run_dir) / "metrics.jsonl"
