@@ -70,10 +70,10 @@ class Launch:
         pytest.fail(f"{self.note}: {why}\n--- last lines of {self.log}:\n{tail}")
 
     def until(self, cond) -> bool:
-        """True as soon as cond() holds; False when the launch exits first; fails past LAUNCH_BOUND_S."""
+        """True as soon as cond() holds while the launch runs; False once it has exited; fails past LAUNCH_BOUND_S."""
         while not cond():
             if self.proc.poll() is not None:
-                return cond()
+                return False
             if self.elapsed() > LAUNCH_BOUND_S:
                 self.fail(f"no progress and no exit after {LAUNCH_BOUND_S} s")
             time.sleep(0.005)
@@ -81,17 +81,22 @@ class Launch:
 
     def finish(self) -> None:
         self.until(lambda: False)
-        if self.proc.returncode != 0:
+        if self.proc.wait() != 0:
             self.fail(f"exited with {self.proc.returncode}")
 
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+    def kill(self) -> bool:
+        """SIGKILL the whole group; False when the launch had ended on its own just before."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        killed = self.proc.wait() == -signal.SIGKILL
         deadline = time.monotonic() + 30
         while _group_alive(self.proc.pid):
             if time.monotonic() > deadline:
                 self.fail("processes of the killed group still alive after 30 s")
             time.sleep(0.01)
+        return killed
 
 
 def _group_alive(pgid: int) -> bool:
@@ -142,7 +147,8 @@ def kill_moment(launch: Launch, kind: str, rng: random.Random, t_join: float, in
         if not launch.until(lambda: JOIN in launch.text()):
             launch.fail(f"exited before logging {JOIN!r}")
         at = launch.elapsed() + rng.uniform(0, 1.3 * init_span)  # and a little past: the resume
-        launch.until(lambda: launch.elapsed() >= at)
+        if not launch.until(lambda: launch.elapsed() >= at):
+            return None
         engine = "after" if ENGINE.search(launch.text()) else "before"
         return f"DeepSpeed start-up, {at:.2f} s after launch ({engine} the engine was built)"
     if kind == "save":
@@ -187,13 +193,12 @@ def kill_and_relaunch(tmp_path: Path, command, kills: int) -> list[str]:
         note = f"launch {n} (seed {seed}; kills so far: {events})"
         launch = Launch(command(run_dir), env, tmp_path / f"launch{n}.log", note)
         moment = kill_moment(launch, kind, rng, t_join, init_span, run_dir / "checkpoints")
-        if moment is None:  # it trained to the end first: a complete run; the next kills go to a fresh run_dir
+        if moment is None or not launch.kill():  # it ended first: a complete run; next kills in a fresh run_dir
             launch.finish()
             check_logged(run_dir, ref_rows, True, note)
             rounds += 1
             run_dir = tmp_path / f"run{rounds}"
             continue
-        launch.kill()
         mid_save = any((run_dir / "checkpoints").glob(".tmp_step_*")) and kind == "save"
         events.append(f"{kind}: {moment}{' [mid-save: its .tmp_ folder left]' if mid_save else ''}")
         check_logged(run_dir, ref_rows, False, f"after kill {len(events)} ({events[-1]}; seed {seed})")
