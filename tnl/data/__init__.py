@@ -1,5 +1,8 @@
 """tnl.data: tokenizer training, pre-tokenized token shards, and the packed resumable loader.
 
+Corpora are files (.txt cut into documents by tnl.data.readers' rules, .jsonl, .parquet), the embedded demo corpus,
+or a Hugging Face dataset (data.hf, tnl.data.hf_source); tnl.data.sources says what each input is and how it is read.
+
     prepare(cfg_data, force=False) -> Path     build (or reuse) tokenizer + shards of a configs/data/*.yaml mapping
     is_prepared(cfg_data) -> bool              whether data.dir already holds exactly that build
     load_tokenizer(data_dir)                   encode/decode + bos/eos/pad ids (SentencePiece BPE)
