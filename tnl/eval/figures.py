@@ -15,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from tnl.eval.compare import ema, fmt_tokens
+from tnl.eval.compare import _median_after_first, ema, fmt_tokens
 from tnl.eval.lm import EvalError
 from tnl.eval.repro_results import LABELS, find, read_json, sibling
 
@@ -105,7 +105,7 @@ def loss_table(results_dir: Path, experiment: str = "repro_small") -> tuple[str,
         runs.setdefault(model, {})[seed] = {"file": f.path.name, "gpu": f.gpu, "val": val, "final": val[-1][1],
                                             "tokens": max(r["tokens"] for r in recs),
                                             "train": [(r["tokens"], r["loss"]) for r in recs if "loss" in r],
-                                            "meta": meta}
+                                            "meta": meta, "records": recs}
     models = [m for m in ("tnl", "llama") if m in runs]
     seeds = sorted({s for m in models for s in runs[m]})
     stats = {}
@@ -155,12 +155,16 @@ def loss_table(results_dir: Path, experiment: str = "repro_small") -> tuple[str,
         curve.append(row)
         lines.append(f"| {fmt_tokens(tok)} | " + " | ".join(cells) + " |")
     lines += ["", "Final val loss: the run's last logged validation loss (trainer.eval_batches micro batches of the "
-                  "validation split, in order: the same tokens in every run).", ""]
+                  "validation split, in order: the same tokens in every run). Runs of different code revisions (see "
+                  "each run's note) differ in numerics as well as in seed, so their spread bounds the seed noise "
+                  "from above.", ""]
     for m in models:
         for s in sorted(runs[m]):
             r = runs[m][s]
             meta = r["meta"]
+            tps = _median_after_first([x.get("tokens_per_s") for x in r["records"]])
             lines.append(f"- `{r['file']}`: {meta.get('gpu', r['gpu'])}, {fmt_tokens(r['tokens'])} tokens"
+                         + (f", {tps:,.0f} tokens/s" if tps else "")
                          + (f", torch {meta['versions'].get('torch')}" if meta.get("versions") else "")
                          + (f"; `{meta['command']}`" if meta.get("command") else "")
                          + (f" ({meta['note']})" if meta.get("note") else ""))

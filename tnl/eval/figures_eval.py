@@ -118,7 +118,10 @@ def plot_extrapolation(data: dict, path: Path) -> Path:
     ax.set_xlabel("evaluation context (tokens; dotted: training context)")
     ax.set_ylabel("validation perplexity")
     ax.set_title("perplexity vs evaluation context (disjoint windows)")
-    bx.set_xlabel(f"position in a {_k(longest)} window")
+    edges = data["series"][next(iter(data["series"]))]["edges"][1:]
+    bx.set_xticks(edges)
+    bx.set_xticklabels([_k(e) for e in edges])
+    bx.set_xlabel(f"position in a {_k(longest)} window (bucket ends)")
     bx.set_ylabel("validation loss (nats)")
     bx.set_title(f"loss by position at context {_k(longest)}")
     return _save(fig, path)

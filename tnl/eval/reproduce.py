@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where the figures go (default: --results)")
     p.add_argument("--speed-from", nargs="+", metavar="JSON", help="bench_train.py results for the speed figure "
                    "(default: the newest reproduce measurement in --results, else the committed H100 sweep)")
+    p.add_argument("--speed-args", default="", metavar="ARGS",
+                   help="speed: more scripts/bench_train.py arguments, after the defaults (e.g. "
+                        "'--seq-lens 2048,16384'; '--cpu-smoke --models tnl_tiny,llama_tiny' on CPU)")
     p.add_argument("--experiment", default="repro_small", help="configs/experiment to train (default repro_small)")
     p.add_argument("--models", default="tnl,llama", help="comma list of tnl, llama (default both)")
     p.add_argument("--seeds", default="1234,1235", help="comma list of seeds to train / evaluate")
@@ -125,7 +129,7 @@ def _run_dir(args, model: str, seed: int) -> Path:
 
 def measure_speed(args, results: Path) -> None:
     _run([args.python, "scripts/bench_train.py", "--models", ",".join(MODELS[m] for m in MODELS), "--compile",
-          "--out", str(results), "--tag", SPEED_TAG])
+          "--out", str(results), "--tag", SPEED_TAG, *shlex.split(args.speed_args)])
 
 
 def measure_loss(args, results: Path) -> None:
