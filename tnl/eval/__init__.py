@@ -5,8 +5,10 @@
     evaluate_task(lm, "hellaswag", root)                                          # tnl.eval.harness (+ tasks)
     run_lm_eval(hf_dir, ["piqa"], root)                                           # tnl.eval.lm_eval_bridge
     compare: load_run_log / markdown_table / write_plot                           # tnl.eval.compare
+    context_sweep(lm, val_stream(data_dir), [512, ..., 16384])  # length extrapolation (tnl.eval.extrapolation)
+    figures / figures_eval / repro_results / reproduce: scripts/reproduce.py's tables, plots, result files
 
-Command lines: scripts/eval.py, scripts/compare_runs.py (and scripts/bench_train.py for throughput).
+Command lines: scripts/eval.py, scripts/compare_runs.py, scripts/reproduce.py (scripts/bench_train.py: throughput).
 """
 
 from tnl.eval.harness import evaluate_task, loglikelihoods
