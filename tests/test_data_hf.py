@@ -120,12 +120,13 @@ def bad_cases(tmp: Path, corpus) -> dict:
         "option": ({"path": str(src / "disk"), "splitt": "train"}, {}, "unknown data.hf option.*splitt"),
         "disk_name": ({"path": str(src / "disk"), "name": "en"}, {}, "save_to_disk folder: data.hf.name"),
         "both": ({"path": str(src / "disk")}, {"inputs": [str(src / "train.jsonl")]}, "not both"),
+        "no_path": ({"path": "???"}, {}, "data.hf.path is required"),
     }
 
 
 @pytest.mark.parametrize("case", ["hub_offline", "split_disk", "split_files", "val_split", "field_disk",
                                   "field_files", "not_text", "empty_disk", "empty_files", "option", "disk_name",
-                                  "both"])
+                                  "both", "no_path"])
 def test_bad_dataset_one_clear_error_nothing_written(corpus, tmp_path, monkeypatch, case):
     import huggingface_hub
 

@@ -52,7 +52,7 @@ class HfSpec:
         if unknown:
             raise DataError(f"unknown data.hf option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
         kw = {k: v for k, v in m.items() if v is not None}
-        if not isinstance(kw.get("path"), str) or not kw["path"].strip():
+        if not isinstance(kw.get("path"), str) or kw["path"].strip() in ("", "???"):  # ???: Hydra's "required"
             raise DataError("data.hf.path is required: a Hub dataset name, a save_to_disk folder or a builder name")
         for key in ("name", "split", "val_split", "revision", "data_dir"):
             if key in kw and (not isinstance(kw[key], str) or not kw[key]):
