@@ -4,7 +4,8 @@ For each model (configs/model/<name>.yaml, or a path to such a file) and each co
 is forward + backward + optimizer step of tnl.models.build_model(cfg) on random tokens, at a fixed number of tokens
 per step (micro batch B = tokens / T; a context longer than --tokens runs with B = 1): fp32 master weights, bf16
 autocast, fused AdamW, on one CUDA device. A configuration that runs out of memory is reported as OOM and the sweep
-goes on. Writes benchmarks/results/train_<gpu>_<time>.json, .md and .png (tokens/s against context).
+goes on (as does one that fails otherwise: status "error" with the message). Writes
+benchmarks/results/train_<gpu>_<time>.json, .md and .png (tokens/s against context).
 
     python scripts/bench_train.py --models tnl_385m,llama_385m                  # T = 1K, 2K, ..., 64K at 32K tokens
     python scripts/bench_train.py --models tnl_385m --seq-lens 2048 --compile --profile 3   # + top GPU kernels
@@ -144,6 +145,9 @@ def _bench_model(name, base, seq_lens, tokens, device, dtype, warmup, steps, gra
                 row["profile"] = profile_steps(model, opt, cfg["vocab_size"], B, T, device, dtype, profile)
         except torch.OutOfMemoryError:
             row["status"] = "OOM"
+        except Exception as err:  # one failing configuration (a backend, a compile) must not end the sweep
+            row["status"] = "error"
+            row["error"] = f"{type(err).__name__}: {err}"[:300]
         # free what a failed step left (gradients, the exception's frames) before the next configuration
         opt.zero_grad(set_to_none=True)
         gc.collect()
@@ -154,6 +158,8 @@ def _bench_model(name, base, seq_lens, tokens, device, dtype, warmup, steps, gra
         if row["status"] == "ok":
             shown = f"{row['tokens_per_s']:,.0f} tokens/s" + (
                 f", peak {row['peak_mem_gib']:.1f} GiB" if "peak_mem_gib" in row else "")
+        if row["status"] == "error":
+            shown = row["error"]
         print(f"[bench_train] {name} T={T} B={B}: {shown}", file=sys.stderr, flush=True)
     del model, opt
     return rows
@@ -235,7 +241,7 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration (compile, autotune)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing on (gradient_checkpointing)")
-    p.add_argument("--compile", action="store_true", help="torch.compile each block (LA2 is one custom op of its graph)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each block (LA2: one custom op)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after timing, profile STEPS more steps and report the top GPU kernels")
     p.add_argument("--peak-flops", type=float, help="per-GPU peak FLOP/s for MFU (default: looked up by GPU name)")

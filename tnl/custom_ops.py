@@ -20,9 +20,8 @@ Namespace: `tnl` for this module; the copy that an HF export bundles (imported u
 under a namespace derived from its own name, so two copies in one process never collide.
 """
 
-from __future__ import annotations
-
 import re
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -42,8 +41,8 @@ def _ops():
 
 # --------------------------------------------------------------------------------------------- Lightning Attention-2
 @torch.library.custom_op(f"{NAMESPACE}::lightning_attn", mutates_args=())
-def _la2(q: Tensor, k: Tensor, v: Tensor, slope: Tensor | None, initial_state: Tensor | None,
-         cu_seqlens: Tensor | None, output_final_state: bool) -> tuple[Tensor, Tensor]:
+def _la2(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor], initial_state: Optional[Tensor],
+         cu_seqlens: Optional[Tensor], output_final_state: bool) -> tuple[Tensor, Tensor]:
     ops = _ops()
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))  # the kernels' one layout need
     if ops._backend(q.device) == "triton":
@@ -68,8 +67,8 @@ def _la2_fake(q, k, v, slope, initial_state, cu_seqlens, output_final_state):
 
 
 @torch.library.custom_op(f"{NAMESPACE}::lightning_attn_backward", mutates_args=())
-def _la2_bwd(q: Tensor, k: Tensor, v: Tensor, slope: Tensor | None, initial_state: Tensor | None,
-             cu_seqlens: Tensor | None, do: Tensor, dht: Tensor | None,
+def _la2_bwd(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor], initial_state: Optional[Tensor],
+             cu_seqlens: Optional[Tensor], do: Tensor, dht: Optional[Tensor],
              need_dh0: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     ops = _ops()
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
