@@ -224,6 +224,8 @@ def test_killed_and_relaunched_two_ranks_deepspeed(demo, tmp_path):
     cmd = lambda run_dir: [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "scripts/train.py", *ARGS,
                            *demo, f"run_dir={run_dir}"]
     events = kill_and_relaunch(tmp_path, cmd, kills=6)  # 20 kills with the one-process test
-    assert sum("[mid-save" in e for e in events) >= 1, events
+    # Two save kills here: under load both can land just after the (tiny) checkpoint is published, so a kill that
+    # provably left a .tmp_ folder is required only of the one-process test (4 save kills).
+    assert sum(e.startswith("save:") for e in events) >= 1, events
     left = sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     assert not left, f"shared-memory buffers left behind: {left}"
