@@ -95,10 +95,10 @@ def test_activation_bytes_per_token_match_the_memory_model(monkeypatch, ckpt):
             ctx.save_for_backward(q, k, v)
             return lightning_attn(q, k, v, slope)[0]
 
-    def attn_call(q, k, v, slope_of, *rest):
-        return SavesQKV.apply(q, k, v, slope_of(q.device)), None
+    def attn_call(q, k, v, slope, initial_state=None, output_final_state=False, cu_seqlens=None):
+        return SavesQKV.apply(q, k, v, slope), None
 
-    monkeypatch.setattr(tm, "_attn_call", attn_call)
+    monkeypatch.setattr(tm, "lightning_attn", attn_call)
     cfg = dict(yaml.safe_load(CONFIG.read_text()), num_hidden_layers=3, hidden_size=128, intermediate_size=352,
                vocab_size=512, gradient_checkpointing=ckpt)
     D, F, L, T = 128, 352, 3, 256
