@@ -128,7 +128,10 @@ def test_compiled_blocks_train_like_eager(demo, tmp_path):
         r = launch([*args, *extra, f"run_dir={run}"], ranks=1)
         assert r.returncode == 0, r.stderr[-3000:]
         losses[backend] = [m["loss"] for m in metrics(run)]
-    assert losses["eager"] == pytest.approx(losses[None], rel=1e-5), losses
+    # Step 1 is the same forward; later steps differ at bf16 rounding (~3e-5 seen): compiled, SRMSNorm's backward
+    # differentiates its formula, while eager rebuilds x from the bf16 output (tnl.ops._SRMSNormTorch).
+    assert losses["eager"][0] == pytest.approx(losses[None][0], rel=1e-6), losses
+    assert losses["eager"] == pytest.approx(losses[None], rel=2e-4), losses
 
 
 def test_data_mixture_uses_the_primary_tokenizer_and_resumes_only_with_the_same_weights(demo, tmp_path):
