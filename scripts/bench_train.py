@@ -105,7 +105,7 @@ def sdpa_context(backend: str | None):
 
 
 def bench_model(name: str, seq_lens: list[int], tokens: int, device, dtype, warmup: int, steps: int,
-                grad_ckpt: bool, peak, compile_: bool = False, profile: int = 0) -> list[dict]:
+                grad_ckpt: bool, peak, compile_: bool = False, profile: int = 0, recompute: bool = False) -> list[dict]:
     """One model over the contexts. name: a model config, optionally @backend to pin SDPA's backend (LLaMA)."""
     base, _, sdpa = name.partition("@")
     if compile_:  # each model traces its own graphs (under its own SDPA backend: chosen when tracing)
@@ -114,16 +114,18 @@ def bench_model(name: str, seq_lens: list[int], tokens: int, device, dtype, warm
         torch._dynamo.reset()
     with sdpa_context(sdpa):
         return _bench_model(name, base, seq_lens, tokens, device, dtype, warmup, steps, grad_ckpt, peak, compile_,
-                            profile)
+                            profile, recompute)
 
 
 def _bench_model(name, base, seq_lens, tokens, device, dtype, warmup, steps, grad_ckpt, peak, compile_,
-                 profile) -> list[dict]:
+                 profile, recompute) -> list[dict]:
     from tnl.models import build_model, compile_blocks
 
     cfg = load_model_cfg(base)
     if grad_ckpt:
         cfg["gradient_checkpointing"] = True
+    if recompute and cfg["arch"] == "tnl":
+        cfg["recompute_elementwise"] = True
     torch.manual_seed(0)
     model = build_model(cfg, device=device)
     if compile_:
@@ -242,6 +244,8 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing on (gradient_checkpointing)")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (LA2: one custom op)")
+    p.add_argument("--recompute-elementwise", action="store_true",
+                   help="TNL: model.recompute_elementwise (with --compile: keep only matmul and LA2 outputs)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after timing, profile STEPS more steps and report the top GPU kernels")
     p.add_argument("--peak-flops", type=float, help="per-GPU peak FLOP/s for MFU (default: looked up by GPU name)")
@@ -289,7 +293,7 @@ def main(argv=None) -> int:
     rows = []
     for m in args.models:
         rows += bench_model(m, args.seq_lens, args.tokens, device, dtype, args.warmup, args.steps, args.grad_ckpt,
-                            peak, args.compile, args.profile)
+                            peak, args.compile, args.profile, args.recompute_elementwise)
     import triton
 
     cuda = device.type == "cuda"
@@ -297,6 +301,7 @@ def main(argv=None) -> int:
             "precision": "bf16 autocast, fp32 master weights" if cuda else "fp32",
             "optimizer": "fused AdamW" if cuda else "foreach AdamW",
             "warmup": args.warmup, "steps": args.steps, "grad_ckpt": args.grad_ckpt, "compile": args.compile,
+            "recompute_elementwise": args.recompute_elementwise,
             "peak_flops": peak,
             "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "host": platform.node(),

@@ -150,6 +150,11 @@ def _la2_backward(ctx, do, dht):
 _la2.register_autograd(_la2_backward, setup_context=_la2_setup)
 
 
+def saved_op():
+    """The LA2 op's overload, for activation-checkpoint policies that keep its outputs (tnl.models.common)."""
+    return _la2._opoverload
+
+
 def lightning_attn(q, k, v, slope, initial_state, output_final_state, cu_seqlens):
     """The op behind tnl.ops.lightning_attn (arguments validated there): (o, final state or None)."""
     o, ht = _la2(q, k, v, slope, initial_state, cu_seqlens, bool(output_final_state))

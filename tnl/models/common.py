@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -105,3 +106,29 @@ def doc_positions(cu_seqlens: torch.Tensor, T: int, device) -> torch.Tensor:
     idx = torch.arange(T, device=device)
     doc = torch.searchsorted(cu[1:], idx, right=True).clamp(max=cu.numel() - 2)
     return idx - cu[doc]
+
+
+@functools.cache
+def _saved_ops() -> frozenset:
+    from tnl import custom_ops
+
+    aten = torch.ops.aten
+    return frozenset({aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
+                      custom_ops.saved_op()})
+
+
+def _save_matmuls(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in _saved_ops() else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def recompute_elementwise(fn, *args, **kwargs):
+    """fn(*args, **kwargs) under selective activation checkpointing: the outputs of matmuls and of the LA2 op are
+    kept for backward, everything else (norms, activations, gates, products, casts) is recomputed there. Meant for
+    torch.compile'd blocks, where inductor fuses the recomputation into the backward's kernels; eager it would only
+    add launches. The inputs of fn are kept as checkpoint inputs."""
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
+    return checkpoint(fn, *args, use_reentrant=False,
+                      context_fn=functools.partial(create_selective_checkpoint_contexts, _save_matmuls), **kwargs)

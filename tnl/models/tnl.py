@@ -23,7 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tnl.models.common import Embedding, Linear, LMOutput, check_inputs, doc_positions, lm_head_loss
+from tnl.models.common import (
+    Embedding,
+    Linear,
+    LMOutput,
+    check_inputs,
+    doc_positions,
+    lm_head_loss,
+    recompute_elementwise,
+)
 from tnl.models.config import ModelArgs
 from tnl.ops import lightning_attn, srms_norm
 
@@ -153,22 +161,27 @@ class TnlBlock(nn.Module):
     def __init__(self, args: ModelArgs, layer_idx: int):
         super().__init__()
         self.eps = args.norm_eps
+        self.recompute = bool(args.recompute_elementwise)
         self.token_mixer = NormLinearAttention(args, layer_idx)
         self.channel_mixer = SGLU(args.hidden_size, args.intermediate_size, args.initializer_range)
 
     def forward(self, x, positions, cu_seqlens=None, state=None, padding_mask=None, return_state=False, sp=None,
                 slope=None):
+        if (self.recompute and torch.compiler.is_compiling() and torch.is_grad_enabled() and state is None
+                and not return_state and sp is None and padding_mask is None):
+            return recompute_elementwise(self._mix, x, positions, cu_seqlens, slope=slope), None
+        return self._mix(x, positions, cu_seqlens, state, padding_mask, return_state, sp, slope, with_state=True)
+
+    def _mix(self, x, positions, cu_seqlens, state=None, padding_mask=None, return_state=False, sp=None, slope=None,
+             with_state=False):
         h, state = self.token_mixer(srms_norm(x, self.eps), positions, cu_seqlens, state, padding_mask, return_state,
                                     sp, slope)
         x = x + h
-        return x + self.channel_mixer(srms_norm(x, self.eps)), state
+        x = x + self.channel_mixer(srms_norm(x, self.eps))
+        return (x, state) if with_state else x
 
     def forward_train(self, x, positions, cu_seqlens, sp=None, slope=None):
         return self.forward(x, positions, cu_seqlens, sp=sp, slope=slope)[0]
-
-
-def _checkpoint(fn, *args):
-    return checkpoint(fn, *args, use_reentrant=False)
 
 
 class TnlModules:
@@ -196,12 +209,10 @@ class TnlModules:
             x = x * self.embed_scale
         new_states = [] if return_states else None
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and states is None
-        # transformers' gradient_checkpointing_enable() sets its checkpoint function (its kwargs, CPU offload)
-        ckpt = getattr(self, "_gradient_checkpointing_func", None) or _checkpoint
         for i, layer in enumerate(self.layers):
             slope = layer.token_mixer.slope(x.device)  # an input of the (compiled) block, see NormLinearAttention
             if use_ckpt and not return_states:
-                x = ckpt(layer.forward_train, x, positions, cu_seqlens, sp, slope)
+                x = checkpoint(layer.forward_train, x, positions, cu_seqlens, sp, slope, use_reentrant=False)
                 continue
             x, s = layer(x, positions, cu_seqlens, None if states is None else states[i], padding_mask,
                          return_states, sp, slope)
