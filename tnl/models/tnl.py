@@ -184,6 +184,10 @@ class TnlBlock(nn.Module):
         return self.forward(x, positions, cu_seqlens, sp=sp, slope=slope)[0]
 
 
+def _checkpoint(fn, *args):
+    return checkpoint(fn, *args, use_reentrant=False)
+
+
 class TnlModules:
     """Modules + forward shared by the training model (TnlLM) and the HF wrapper (TnlForCausalLM), so both have the
     same parameter names: embed_tokens.weight, layers.<i>.token_mixer.*, layers.<i>.channel_mixer.*, [lm_head]."""
@@ -209,10 +213,12 @@ class TnlModules:
             x = x * self.embed_scale
         new_states = [] if return_states else None
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and states is None
+        # transformers' gradient_checkpointing_enable() sets its checkpoint function (its kwargs, CPU offload)
+        ckpt = getattr(self, "_gradient_checkpointing_func", None) or _checkpoint
         for i, layer in enumerate(self.layers):
             slope = layer.token_mixer.slope(x.device)  # an input of the (compiled) block, see NormLinearAttention
             if use_ckpt and not return_states:
-                x = checkpoint(layer.forward_train, x, positions, cu_seqlens, sp, slope, use_reentrant=False)
+                x = ckpt(layer.forward_train, x, positions, cu_seqlens, sp, slope)
                 continue
             x, s = layer(x, positions, cu_seqlens, None if states is None else states[i], padding_mask,
                          return_states, sp, slope)
