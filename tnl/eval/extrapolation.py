@@ -62,17 +62,9 @@ def val_stream(data_dir: str | Path, split: str = "val") -> np.ndarray:
 
 def text_stream(paths: Sequence[str | Path], tokenizer, eos_id: int | None, text_field: str = "text") -> np.ndarray:
     """Documents of .txt/.jsonl/.parquet files tokenized into one stream, each followed by EOS (as in training)."""
-    from tnl.eval.heldout import _read_documents
+    from tnl.eval.heldout import text_tokens
 
-    if tokenizer is None:
-        raise EvalError("this model came without a tokenizer: text files cannot be tokenized")
-    stream: list[int] = []
-    for p in paths:
-        for doc in _read_documents(Path(p), text_field):
-            stream.extend(tokenizer.encode(doc))
-            if eos_id is not None:
-                stream.append(int(eos_id))
-    return np.asarray(stream, dtype=np.int64)
+    return np.asarray(text_tokens(paths, tokenizer, eos_id, text_field), dtype=np.int64)
 
 
 def parse_contexts(text: str) -> list[int]:

@@ -45,6 +45,19 @@ def _read_documents(path: Path, text_field: str) -> list[str]:
         raise EvalError(str(err)) from None
 
 
+def text_tokens(paths: Sequence[str | Path], tokenizer, eos_id: int | None, text_field: str = "text") -> list[int]:
+    """Documents of .txt/.jsonl/.parquet files tokenized into one stream, each followed by EOS (as in training)."""
+    if tokenizer is None:
+        raise EvalError("this model came without a tokenizer: text files cannot be tokenized")
+    stream: list[int] = []
+    for p in paths:
+        for doc in _read_documents(Path(p), text_field):
+            stream.extend(tokenizer.encode(doc))
+            if eos_id is not None:
+                stream.append(int(eos_id))
+    return stream
+
+
 def text_batches(paths: Sequence[str | Path], tokenizer, eos_id: int | None, seq_len: int, batch_size: int,
                  text_field: str = "text") -> tuple[list[dict], int]:
     """Tokenize documents (each followed by EOS, as in training) into one stream and cut it into windows of
@@ -53,12 +66,7 @@ def text_batches(paths: Sequence[str | Path], tokenizer, eos_id: int | None, seq
         raise EvalError("this model came without a tokenizer: text files cannot be tokenized")
     if not paths:
         raise EvalError("no text files given")
-    stream: list[int] = []
-    for p in paths:
-        for doc in _read_documents(Path(p), text_field):
-            stream.extend(tokenizer.encode(doc))
-            if eos_id is not None:
-                stream.append(int(eos_id))
+    stream = text_tokens(paths, tokenizer, eos_id, text_field)
     if len(stream) < 2:
         raise EvalError(f"the text files {list(map(str, paths))} hold fewer than 2 tokens")
     windows = [stream[i:i + seq_len + 1] for i in range(0, len(stream) - 1, seq_len)]
