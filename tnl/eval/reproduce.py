@@ -39,8 +39,8 @@ RESULTS = Path("benchmarks/results")
 REPRO_DIR = RESULTS / "reproduction"
 # The committed training-speed sweep the speed figure redraws unless a newer reproduce measurement is in --results:
 # bench_train --compile on one H100, 32K tokens per step, both models measured the same day.
-SPEED_SOURCES = (RESULTS / "speed_vs_length_compile_tnl_H100_20261127T1205Z.json",
-                 RESULTS / "speed_vs_length_compile_llama_H100_20261127T1206Z.json")
+SPEED_SOURCES = (RESULTS / "training" / "speed_vs_length_tnl_385m_compile_H100_20261127T1205Z.json",
+                 RESULTS / "training" / "speed_vs_length_llama_385m_compile_H100_20261127T1206Z.json")
 SPEED_TAG = "reproduce_speed"
 FIGURES = ("speed", "loss", "extrapolation", "tasks")
 CONTEXTS = "512,1024,2048,4096,8192,16384"
