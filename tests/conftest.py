@@ -26,6 +26,18 @@ if not _has_cuda():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True)
+def kernel_settings(monkeypatch):
+    """Every test starts from the default kernel settings (tnl.ops.settings: backend, la2_algo, fused_loss all
+    auto, no environment override) and whatever it configures is undone after it."""
+    for var in ("TNL_KERNEL_BACKEND", "TNL_LA2_ALGO", "TNL_FUSED_CE"):
+        monkeypatch.delenv(var, raising=False)
+    from tnl import ops
+
+    with ops.using(backend="auto", la2_algo="auto", fused_loss="auto"):
+        yield
+
+
 @pytest.fixture
 def poison_empty(monkeypatch):
     """torch.empty / empty_like return NaN-filled floating tensors, so an output element a kernel or op fails to

@@ -1,4 +1,4 @@
-"""tnl.custom_ops: Lightning Attention-2 as a torch.library custom op (what torch.compile sees), on CPU.
+"""tnl.ops.custom_ops: Lightning Attention-2 as a torch.library custom op (what torch.compile sees), on CPU.
 
 - the torch backend's backward (three reference forwards, no autograd) against autograd through the chunked
   reference in float64: dense and packed documents (an empty one too), with and without decay, initial state and
@@ -10,7 +10,6 @@
   build): no graph break, two graphs per shape class for all layers (not one per layer), eager's loss and gradients.
 """
 
-import importlib
 import os
 
 import pytest
@@ -20,7 +19,8 @@ if not torch.cuda.is_available():  # conftest does it too; this covers running t
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from numerics import rel_err
-from tnl import custom_ops, ops
+from tnl import ops
+from tnl.ops import custom_ops, triton_backend
 from tnl.reference import lightning_attn_chunked
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
@@ -63,7 +63,7 @@ def test_torch_backward_matches_autograd_through_the_reference(name):
 
 
 def interp_or_skip():
-    if "compiled" in ops._kernel_modes():
+    if "compiled" in triton_backend.kernel_modes():
         pytest.skip("triton was imported compiled in this process (CUDA machine): interpreter tests run on CPU")
 
 
@@ -71,9 +71,7 @@ def interp_or_skip():
 def test_triton_halves_match_the_autograd_function(config, monkeypatch):
     """Forward and backward as two functions give the autograd Function's outputs and gradients (interpreter)."""
     interp_or_skip()
-    monkeypatch.setenv("TNL_KERNEL_BACKEND", "triton")
-    ops._triton_fn("lightning_attn_triton", torch.device("cpu"))  # interpreter set up, tnl_kernels imported
-    kernels = importlib.import_module("tnl_kernels")
+    kernels = triton_backend.kernels_module(torch.device("cpu"))  # interpreter set up, tnl_kernels imported
     q, k, v, slope, h0, cu, do, dht = inputs(1, 45, 2, 16, 8, [0, 20, 45], seed=3, dtype=torch.float32)
     leaves = [x.clone().requires_grad_() for x in (q, k, v, h0)]
     o, ht = kernels.lightning_attn_triton(*leaves[:3], slope, leaves[3], True, cu, config=config)
@@ -92,7 +90,7 @@ def test_triton_halves_match_the_autograd_function(config, monkeypatch):
 def test_opcheck(backend, case, monkeypatch):
     if backend == "triton":
         interp_or_skip()
-    monkeypatch.setenv("TNL_KERNEL_BACKEND", backend)
+    ops.configure(backend=backend)  # restored by conftest's kernel_settings
     if case == "dense_state":
         q, k, v, slope, h0, cu, _, _ = inputs(2, 37, 2, 16, 8, None, seed=7, dtype=torch.float32)
         args = (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), slope, h0.requires_grad_(), None, True)

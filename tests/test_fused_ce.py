@@ -1,4 +1,4 @@
-"""The fused LM-head loss (tnl.loss + kernels/tnl_kernels/fused_ce.py) and lm_head_loss's choice of path, on CPU.
+"""The fused LM-head loss (tnl.ops.loss + kernels/tnl_kernels/fused_ce.py) and lm_head_loss's choice of path, on CPU.
 
 The Triton kernel runs under Triton's interpreter (fp32 and fp16 only: the interpreter's bf16 is unreliable; bf16 is
 checked on the GPU by the `gpu` test at the end). Everything is compared with plain F.cross_entropy on float64 logits:
@@ -17,9 +17,10 @@ if not torch.cuda.is_available():  # conftest does it too; this covers running t
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from numerics import rel_err
-from tnl import loss as tloss
 from tnl import ops
-from tnl.models.common import lm_head_loss
+from tnl.ops import lm_head_loss
+from tnl.ops import loss as tloss
+from tnl.ops import triton_backend as tb
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
 
@@ -31,15 +32,18 @@ LOSS_TOL = {torch.float32: 2e-5, torch.float16: 1e-3}
 
 
 def interp_or_skip():
-    if "compiled" in ops._kernel_modes():
+    if "compiled" in tb.kernel_modes():
         pytest.skip("triton was imported compiled in this process (CUDA machine): interpreter tests run on CPU")
 
 
 @pytest.fixture
 def triton_backend(monkeypatch):
+    """The Triton backend on CPU tensors (Triton's interpreter), the fused loss on auto, no environment override."""
     interp_or_skip()
-    monkeypatch.setenv("TNL_KERNEL_BACKEND", "triton")
-    monkeypatch.setenv("TNL_FUSED_CE", "auto")
+    for var in ("TNL_KERNEL_BACKEND", "TNL_FUSED_CE", "TNL_LA2_ALGO"):
+        monkeypatch.delenv(var, raising=False)
+    with ops.using(backend="triton", fused_loss="auto"):
+        yield
 
 
 def make(N, D, V, dtype, seed, ignore=(), wscale=0.5):
@@ -93,7 +97,7 @@ def test_kernel_rows_and_inplace_gradient(dtype, V, block):
     t = torch.randint(0, V, (rows,), generator=g)
     t[[2, 7]] = -100
     scale = 0.37
-    losses = tnl_kernels.ce_grad_inplace(x, t, scale, block=block)
+    losses = tnl_kernels.ce_grad_inplace(x, t, scale, ignore_index=-100, block=block)
     assert torch.equal(buf[:, V:], pad)
     keep = t != -100
     lse = torch.logsumexp(x0, dim=1)
@@ -111,7 +115,7 @@ def test_kernel_invalid_target_gives_nan_not_garbage():
 
     x = torch.randn(4, 50)
     t = torch.tensor([3, 50, -1, -100])
-    losses = tnl_kernels.ce_grad_inplace(x, t)
+    losses = tnl_kernels.ce_grad_inplace(x, t, ignore_index=-100)
     assert torch.isfinite(losses[0]) and losses[1].isnan() and losses[2].isnan() and losses[3] == 0
     assert torch.isfinite(x[0]).all() and x[1].isnan().all() and x[2].isnan().all() and (x[3] == 0).all()
 
@@ -121,11 +125,12 @@ def test_kernel_rejects_bad_arguments():
     import tnl_kernels
 
     with pytest.raises(ValueError, match="unit stride"):
-        tnl_kernels.ce_grad_inplace(torch.randn(8, 4).T, torch.zeros(4, dtype=torch.long))
+        tnl_kernels.ce_grad_inplace(torch.randn(8, 4).T, torch.zeros(4, dtype=torch.long), ignore_index=-100)
     with pytest.raises(TypeError, match="float64"):
-        tnl_kernels.ce_grad_inplace(torch.randn(4, 8, dtype=torch.float64), torch.zeros(4, dtype=torch.long))
+        tnl_kernels.ce_grad_inplace(torch.randn(4, 8, dtype=torch.float64), torch.zeros(4, dtype=torch.long),
+                                    ignore_index=-100)
     with pytest.raises(ValueError, match="targets"):
-        tnl_kernels.ce_grad_inplace(torch.randn(4, 8), torch.zeros(3, dtype=torch.long))
+        tnl_kernels.ce_grad_inplace(torch.randn(4, 8), torch.zeros(3, dtype=torch.long), ignore_index=-100)
 
 
 # ---------------------------------------------------------------------------------------------- the fused function
@@ -152,69 +157,85 @@ def test_lm_head_loss_takes_the_fused_path_on_triton(triton_backend, monkeypatch
     check(got, reference(h, w, t), torch.float32)
 
 
-@pytest.mark.parametrize("how", ["no_grad", "env_off", "context", "torch_backend", "float64"])
+@pytest.mark.parametrize("how", ["no_grad", "env_off", "setting_off", "torch_backend", "float64"])
 def test_lm_head_loss_keeps_the_torch_path(triton_backend, monkeypatch, how):
     dtype = torch.float64 if how == "float64" else torch.float32
     h, w, t = make(20, 12, 1000, dtype, seed=6, ignore=[1])
     monkeypatch.setattr(tloss._FusedLinearCE, "apply", lambda *a: pytest.fail("fused path taken"))
     if how == "env_off":
         monkeypatch.setenv("TNL_FUSED_CE", "0")
-    if how == "torch_backend":
-        monkeypatch.setenv("TNL_KERNEL_BACKEND", "torch")
     rloss, rdh, rdw = reference(h, w, t)
     if how == "no_grad":
         with torch.no_grad():
             loss = lm_head_loss(h, w, t, 8)
         assert abs(loss.double() - rloss).item() < 1e-5
         return
-    if how == "context":
-        with tloss.fused_ce_disabled():
-            got = run(lm_head_loss, h, w, t, 8)
-    else:
+    changes = {"setting_off": {"fused_loss": "off"}, "torch_backend": {"backend": "torch"}}.get(how, {})
+    with ops.using(**changes):
         got = run(lm_head_loss, h, w, t, 8)
     assert abs(got[0].double() - rloss).item() < 1e-5
     assert rel_err(got[1], rdh) < 1e-5 and rel_err(got[2], rdw) < 1e-5
 
 
 def test_zero3_root_module_keeps_the_torch_path(monkeypatch):
-    """The engine's ZeRO-3 wrapper (LossOnly) runs the model inside fused_ce_disabled(); plain models do not."""
-    import tnl.models.common as common
+    """The engine's ZeRO-3 wrapper (LossOnly) runs the model with fused_loss off; plain models keep the setting."""
     from tnl.models import build_model
     from tnl.train.engine import LossOnly
 
-    monkeypatch.setenv("TNL_FUSED_CE", "auto")
+    monkeypatch.delenv("TNL_FUSED_CE", raising=False)
     seen = []
-    monkeypatch.setattr(common, "use_fused_ce", lambda h, w: seen.append(tloss.fused_ce_enabled()) or False)
+    monkeypatch.setattr(tloss, "use_fused_ce", lambda h, w: seen.append(ops.settings().fused_loss) or False)
     model = build_model(dict(arch="tnl", vocab_size=61, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                              intermediate_size=40))
     ids = torch.randint(0, 61, (1, 9))
     model(ids, ids)
     LossOnly(model)(ids, ids)
-    assert seen == [True, False] and tloss.fused_ce_enabled()
+    assert seen == ["auto", "off"] and ops.settings().fused_loss == "auto"
 
 
-def test_env_switch_overrides_the_context_and_rejects_typos(monkeypatch):
+def test_fused_loss_setting_env_override_and_typos(monkeypatch, caplog):
+    """configure() sets the mode; TNL_FUSED_CE (also 1/0) overrides it, is logged once and reported in settings();
+    a bad value in either is one ValueError naming where it came from."""
     monkeypatch.delenv("TNL_FUSED_CE", raising=False)
-    assert tloss.DEFAULT == "auto" and tloss.fused_ce_enabled()  # on by default since its H100 check
-    monkeypatch.setenv("TNL_FUSED_CE", "auto")
-    assert tloss.fused_ce_enabled()
-    with tloss.fused_ce_disabled():
-        assert not tloss.fused_ce_enabled()
+    assert ops.settings().fused_loss == "auto"  # on by default since its H100 check
+    with ops.using(fused_loss="off"):
+        assert ops.settings().fused_loss == "off" and ops.settings().overrides == {}
         monkeypatch.setenv("TNL_FUSED_CE", "1")
-        assert tloss.fused_ce_enabled()
+        with caplog.at_level("WARNING", logger="tnl.ops"):
+            assert ops.settings().fused_loss == "on"
+            assert ops.settings().overrides == {"fused_loss": "TNL_FUSED_CE=1"}
+        assert sum("TNL_FUSED_CE=1" in r.getMessage() for r in caplog.records) == 1
     monkeypatch.setenv("TNL_FUSED_CE", "off")
-    assert not tloss.fused_ce_enabled()
+    assert ops.settings().fused_loss == "off"
     monkeypatch.setenv("TNL_FUSED_CE", "fused")
     with pytest.raises(ValueError, match="TNL_FUSED_CE"):
-        tloss.fused_ce_enabled()
+        ops.settings()
+    monkeypatch.delenv("TNL_FUSED_CE")
+    with pytest.raises(ValueError, match="fused_loss"):
+        ops.configure(fused_loss="yes please")
+    assert ops.settings().fused_loss == "auto"
+
+
+def test_fused_loss_on_forces_the_kernel_and_off_the_torch_path(monkeypatch):
+    """on: the fused kernel even where the backend is torch (here: interpreted on CPU); off: never."""
+    interp_or_skip()
+    for var in ("TNL_KERNEL_BACKEND", "TNL_FUSED_CE"):
+        monkeypatch.delenv(var, raising=False)
+    h, w, t = make(13, 8, 50, torch.float32, seed=21)
+    h.requires_grad_()
+    with ops.using(backend="torch", fused_loss="on"):
+        assert tloss.use_fused_ce(h, w)
+    with ops.using(backend="triton", fused_loss="off"):
+        assert not tloss.use_fused_ce(h, w)
+    with ops.using(backend="torch", fused_loss="auto"):
+        assert not tloss.use_fused_ce(h, w)
 
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_all_targets_ignored_gives_zero_loss_and_zero_grads(triton_backend, monkeypatch, fused):
-    if not fused:
-        monkeypatch.setenv("TNL_KERNEL_BACKEND", "torch")
     h, w, t = make(9, 8, 100, torch.float32, seed=7, ignore=range(9))
-    loss, dh, dw = run(lm_head_loss, h, w, t, 4)
+    with ops.using(fused_loss="auto" if fused else "off"):
+        loss, dh, dw = run(lm_head_loss, h, w, t, 4)
     assert loss.item() == 0.0 and torch.count_nonzero(dh) == 0 and torch.count_nonzero(dw) == 0
 
 
@@ -222,7 +243,7 @@ def test_all_targets_ignored_gives_zero_loss_and_zero_grads(triton_backend, monk
 def test_tied_weight_gets_the_sum_of_both_gradients(triton_backend, monkeypatch, fused):
     """The LM head shares its weight with the embedding (TNL ties them): d weight = d embed + d head."""
     if not fused:
-        monkeypatch.setenv("TNL_KERNEL_BACKEND", "torch")
+        ops.configure(fused_loss="off")  # restored by the fixture
     g = torch.Generator().manual_seed(8)
     V, D, N = 300, 16, 29
     ids = torch.randint(0, V, (N,), generator=g)
@@ -255,7 +276,6 @@ def test_model_gradients_equal_with_fused_and_torch_loss(monkeypatch, arch):
     """A tiny model (TNL ties its LM head to the embedding): every parameter's gradient is the same whichever path
     lm_head_loss takes. Only the loss is switched to the fused path; the rest of the model stays on torch."""
     interp_or_skip()
-    import tnl.models.common as common
     from tnl.models import build_model
 
     torch.manual_seed(14)
@@ -266,9 +286,9 @@ def test_model_gradients_equal_with_fused_and_torch_loss(monkeypatch, arch):
     targets[1, :9] = -100
 
     def grads(fused):
-        monkeypatch.setattr(common, "use_fused_ce", lambda h, w: fused and torch.is_grad_enabled())
         model.zero_grad(set_to_none=True)
-        loss = model(ids, targets).loss
+        with ops.using(fused_loss="on" if fused else "off"):
+            loss = model(ids, targets).loss
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -280,7 +300,7 @@ def test_model_gradients_equal_with_fused_and_torch_loss(monkeypatch, arch):
 
 
 def test_inside_torch_compile_is_one_custom_op(triton_backend, monkeypatch):
-    """Under torch.compile the fused loss is one custom op of the graph (tnl.custom_ops), forward and backward: the
+    """Under torch.compile the fused loss is one custom op of the graph (tnl.ops.custom_ops), forward and backward: the
     whole function compiles without a graph break (fullgraph) through AOTAutograd, and gives the eager numbers."""
     h, w, t = make(2 * 25, 16, 300, torch.float32, seed=15, ignore=[3])
     calls, compiled = [], [True]
@@ -306,7 +326,7 @@ def test_inside_torch_compile_is_one_custom_op(triton_backend, monkeypatch):
 def test_custom_op_passes_opcheck(triton_backend):
     """torch.library.opcheck: schema, fake (shape) implementation, autograd registration and AOT dispatch."""
     h, w, t = make(37, 16, 300, torch.float32, seed=16, ignore=[0, 5])
-    from tnl import custom_ops
+    from tnl.ops import custom_ops
 
     for need_h, need_w in ((True, True), (True, False), (False, True)):
         args = (h.clone().requires_grad_(need_h), w.clone().requires_grad_(need_w), t, 8, torch.float32, need_h,
@@ -377,7 +397,7 @@ def test_gpu_bf16_at_model_size_against_fp32(autocast, monkeypatch):
     t[: chunk] = torch.where(torch.rand(chunk, device="cuda", generator=g) < 0.1, -100, t[: chunk])
     dtype = torch.float32 if autocast else torch.bfloat16
     hl, wl = (x.to(dtype).clone().requires_grad_() for x in (h, w))  # (to() is a no-op for fp32: keep h a leaf)
-    monkeypatch.setenv("TNL_FUSED_CE", "auto")
+    monkeypatch.delenv("TNL_FUSED_CE", raising=False)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         assert tloss.use_fused_ce(hl, wl)  # what lm_head_loss takes on CUDA when training
         loss = tloss.fused_linear_cross_entropy(hl, wl, t, chunk)

@@ -157,7 +157,7 @@ def test_fused_config_merging(monkeypatch):
     """A fused override starts from the fused heuristic, not from a tuned chunk entry; bad ALGO is an error."""
     import tnl_kernels.la2_config as la2c
 
-    chunk_entry = {"fwd": {"BT": 128, "BV": 64, "warps_s": 4}, "bwd": {"BT": 64}}
+    chunk_entry = {"fwd": {"ALGO": "chunk", "BT": 128, "BV": 64, "warps_s": 4}, "bwd": {"ALGO": "chunk", "BT": 64}}
     table = {la2c.table_key(torch.bfloat16, 128, 128, 16): chunk_entry}
     monkeypatch.setattr(la2c, "_tuned", lambda: {la2c.REFERENCE_GPU: table})
     cfg = get_config(128, 128, torch.bfloat16, 16, {"fwd": {"ALGO": "fused", "SEGT": 2048}})
@@ -167,6 +167,19 @@ def test_fused_config_merging(monkeypatch):
     assert cfg["bwd"] == {**la2c.heuristic(128, 128, torch.bfloat16, 16)["bwd"], "BT": 64, "ALGO": "chunk"}
     with pytest.raises(ValueError, match="ALGO"):
         get_config(64, 64, torch.float16, 4, {"bwd": {"ALGO": "fast"}})
+
+
+def test_tuned_table_entries_must_name_their_algorithm():
+    """A tuned entry without ALGO is one clear error naming it (no guessed algorithm), as is a table not nested
+    under a GPU name."""
+    import tnl_kernels.la2_config as la2c
+
+    good = {"fwd": {"ALGO": "fused", "BT": 64}, "bwd": {"ALGO": "chunk", "BT": 64}}
+    assert la2c.check_tables({"GPU X": {"bfloat16/D64/E64/few": good}}, "t.json")
+    with pytest.raises(ValueError, match="GPU X / bfloat16/D64/E64/few / bwd must name its ALGO"):
+        la2c.check_tables({"GPU X": {"bfloat16/D64/E64/few": {**good, "bwd": {"BT": 64}}}}, "t.json")
+    with pytest.raises(ValueError, match="not under a GPU name"):
+        la2c.check_tables({"bfloat16/D64/E64/few": good}, "t.json")
 
 
 def test_fused_segments_keep_int32_token_offsets():
@@ -182,19 +195,19 @@ def test_fused_segments_keep_int32_token_offsets():
     assert segs.SEGTOK == 112 and segs.NSEG == 3 and segs.n_bnd == 2
 
 
-def test_default_algorithm_and_env_override(monkeypatch):
+def test_default_algorithm_and_forced_algorithm(monkeypatch):
     """Without a tuned entry: fused for 16-bit inputs, chunked for fp32 and for the forward of key dims > 128;
-    $TNL_LA2_ALGO forces one algorithm; an explicit override wins over both."""
+    forced_algo (tnl.ops' la2_algo setting) forces one algorithm; an explicit override wins over both."""
     import tnl_kernels.la2_config as la2c
 
     monkeypatch.setattr(la2c, "_tuned", lambda: {})
-    monkeypatch.delenv("TNL_LA2_ALGO", raising=False)
+    monkeypatch.setattr(la2c, "forced_algo", None)
     algos = lambda *a, **kw: tuple(get_config(*a, **kw)[p]["ALGO"] for p in ("fwd", "bwd"))  # noqa: E731
     assert algos(128, 128, torch.bfloat16, 16) == ("fused", "fused")
     assert algos(64, 64, torch.float16, 512) == ("fused", "fused")
     assert algos(256, 128, torch.bfloat16, 128) == ("chunk", "fused")
     assert algos(128, 128, torch.float32, 16) == ("chunk", "chunk")
-    monkeypatch.setenv("TNL_LA2_ALGO", "chunk")
+    monkeypatch.setattr(la2c, "forced_algo", "chunk")
     assert algos(128, 128, torch.bfloat16, 16) == ("chunk", "chunk")
     assert algos(128, 128, torch.bfloat16, 16, override={"bwd": {"ALGO": "fused"}}) == ("chunk", "fused")
 

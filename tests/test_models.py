@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import yaml
 
 from tnl.models import ModelArgs, alibi_slopes, build_model, count_parameters, tnl_layer_slopes
-from tnl.models.common import lm_head_loss
+from tnl.ops import lm_head_loss
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 
@@ -331,7 +331,8 @@ def test_init_is_normal_002_in_each_constructor(arch):
 
 
 TRITON_SCRIPT = """
-import os, torch
+import torch
+from tnl import ops
 from tnl.models import build_model
 from tnl.hf import TnlCache, TnlForCausalLM
 from tnl.hf.export import tnl_config_from_args
@@ -343,7 +344,7 @@ for kw in ({}, {"gate_rank": 3}):
     cu = torch.tensor([0, 9, 23], dtype=torch.int32)
     res = {}
     for backend in ("triton", "torch"):
-        os.environ["TNL_KERNEL_BACKEND"] = backend
+        ops.configure(backend=backend)
         m.zero_grad()
         loss = m(ids, t, cu_seqlens=cu).loss
         loss.backward()
@@ -354,7 +355,7 @@ for kw in ({}, {"gate_rank": 3}):
     hf.load_state_dict(m.state_dict())
     with torch.no_grad():
         full = hf(ids[:, :12], use_cache=False).logits  # torch backend
-        os.environ["TNL_KERNEL_BACKEND"] = "triton"
+        ops.configure(backend="triton")
         cache = TnlCache(2)
         got = [hf(ids[:, :9], past_key_values=cache).logits]  # Triton prefill with output_final_state
         got += [hf(ids[:, i:i + 1], past_key_values=cache).logits for i in range(9, 12)]

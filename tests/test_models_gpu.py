@@ -4,6 +4,7 @@ training steps are finite, LLaMA packed attention, and recurrent generate == ful
 import pytest
 import torch
 
+from tnl import ops
 from tnl.models import build_model
 
 pytestmark = pytest.mark.gpu
@@ -25,7 +26,7 @@ def test_tnl_triton_path_matches_torch_path(kw, monkeypatch):
     cu = torch.tensor([0, 100, 357, 700], dtype=torch.int32, device="cuda")
     grads = {}
     for backend in ("triton", "torch"):
-        monkeypatch.setenv("TNL_KERNEL_BACKEND", backend)
+        ops.configure(backend=backend)  # restored by conftest's kernel_settings
         model.zero_grad()
         loss = model(ids, tg, cu_seqlens=cu).loss
         loss.backward()

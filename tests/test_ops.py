@@ -5,6 +5,7 @@ with tolerances per dtype (RTOL). The Triton path through the interpreter is in 
 """
 
 import math
+import os
 import sys
 import types
 import zlib
@@ -14,6 +15,7 @@ import torch
 
 from numerics import rel_err
 from tnl import ops, reference
+from tnl.ops import triton_backend
 
 # Relative Frobenius error allowed on the torch path: both sides see the same rounded inputs, so what is left is fp32
 # accumulation plus rounding the results to the dtype (measured: fp32 2.3e-7, fp16 3.0e-4, bf16 2.4e-3).
@@ -25,7 +27,9 @@ pytestmark = pytest.mark.usefixtures("poison_empty")
 
 @pytest.fixture(autouse=True)
 def torch_backend(monkeypatch):
-    monkeypatch.setenv("TNL_KERNEL_BACKEND", "torch")
+    monkeypatch.delenv("TNL_KERNEL_BACKEND", raising=False)
+    with ops.using(backend="torch"):
+        yield
 
 
 
@@ -298,24 +302,31 @@ def test_good_arguments_pass_validation():
 
 
 # ---------------------------------------------------------------------------------------------------- backend choice
-def test_backend_env(monkeypatch):
-    monkeypatch.delenv("TNL_KERNEL_BACKEND")
-    assert ops._backend(torch.device("cpu")) == "torch"
-    assert ops._backend(torch.device("cuda")) == "triton"
-    monkeypatch.setenv("TNL_KERNEL_BACKEND", "torch")
-    assert ops._backend(torch.device("cuda")) == "torch"
+def test_backend_setting_and_env_override(monkeypatch):
+    """auto: Triton exactly on CUDA; configure(backend=) names one; TNL_KERNEL_BACKEND overrides the setting."""
+    with ops.using(backend="auto"):
+        assert ops.backend(torch.device("cpu")) == "torch"
+        assert ops.backend("cuda") == "triton"
+    assert ops.backend("cuda") == "torch"  # the fixture's setting
+    with ops.using(backend="triton"):
+        assert ops.backend("cpu") == "triton"
     monkeypatch.setenv("TNL_KERNEL_BACKEND", "Triton")
-    assert ops._backend(torch.device("cpu")) == "triton"
+    assert ops.backend("cpu") == "triton"
+    assert ops.settings().overrides == {"backend": "TNL_KERNEL_BACKEND=Triton"}
     monkeypatch.setenv("TNL_KERNEL_BACKEND", "cuda")
     with pytest.raises(ValueError, match="TNL_KERNEL_BACKEND"):
         _call()
     with pytest.raises(ValueError, match="TNL_KERNEL_BACKEND"):
         ops.srms_norm(torch.ones(4))
+    monkeypatch.delenv("TNL_KERNEL_BACKEND")
+    with pytest.raises(ValueError, match="backend must be one of auto, triton, torch"):
+        ops.configure(backend="cuda")
+    assert ops.backend("cuda") == "torch"  # a rejected value changes nothing
 
 
 def test_triton_backend_on_cpu_uses_interpreter_and_kernel_entry(monkeypatch):
     """With triton forced on CPU tensors, tnl.ops sets TRITON_INTERPRET=1 and hands validated args to tnl_kernels."""
-    if "compiled" in ops._kernel_modes() and torch.cuda.is_available():
+    if "compiled" in triton_backend.kernel_modes() and torch.cuda.is_available():
         pytest.skip("triton was imported compiled in this process (CUDA machine)")
     calls = []
 
@@ -326,13 +337,18 @@ def test_triton_backend_on_cpu_uses_interpreter_and_kernel_entry(monkeypatch):
     fake = types.ModuleType("tnl_kernels")
     fake.lightning_attn_triton = fake_attn
     fake.srms_norm_triton = lambda x, eps: x * 0 + eps
+    fake.la2_config = types.SimpleNamespace(forced_algo="stale")
     monkeypatch.setitem(sys.modules, "tnl_kernels", fake)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.setattr(ops, "_mode_ok", set())
-    monkeypatch.setenv("TNL_KERNEL_BACKEND", "triton")
+    monkeypatch.setattr(triton_backend, "_mode_ok", set())
+    ops.configure(backend="triton", la2_algo="chunk")  # restored by the fixture
     o, f = _call()
     assert f is None and len(calls) == 1 and calls[0][5] is False
-    assert ops.os.environ.get("TRITON_INTERPRET") == "1"
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    assert fake.la2_config.forced_algo == "chunk"  # the setting reaches the kernels on every call
+    ops.configure(la2_algo="auto")
+    _call()
+    assert fake.la2_config.forced_algo is None
     assert torch.equal(ops.srms_norm(torch.ones(3), eps=0.25), torch.full((3,), 0.25))
     del fake.lightning_attn_triton
     with pytest.raises(RuntimeError, match="lightning_attn_triton"):
@@ -350,8 +366,8 @@ def test_compiled_kernels_refuse_cpu_tensors(monkeypatch):
     fake = types.ModuleType("tnl_kernels.fake_compiled")
     fake.kernel = JITFunction(_dummy_kernel)
     monkeypatch.setitem(sys.modules, "tnl_kernels.fake_compiled", fake)
-    monkeypatch.setenv("TNL_KERNEL_BACKEND", "triton")
-    monkeypatch.setattr(ops, "_mode_ok", set())  # the check runs once per device type and process
+    ops.configure(backend="triton")  # restored by the fixture
+    monkeypatch.setattr(triton_backend, "_mode_ok", set())  # the check runs once per device type and process
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         _call()
 
@@ -377,18 +393,17 @@ def test_value_checks_are_remembered_but_see_in_place_changes():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_facade_on_cuda_matches_torch_path(monkeypatch, dtype):
     """On CUDA the default backend is Triton (compiled); it agrees with the torch path, packed documents and states."""
-    monkeypatch.delenv("TNL_KERNEL_BACKEND")
+    ops.configure(backend="auto")  # restored by the fixture
     q, k, v, s, h0, cu = make_inputs(21, 1, 3000, 4, 64, 48, dtype, cu=[0, 1, 700, 701, 2999, 3000], init=True)
     q, k, v, s, h0, cu = (x.cuda() for x in (q, k, v, s, h0, cu))
-    assert ops._backend(q.device) == "triton"
+    assert ops.backend(q.device) == "triton"
     o, f = ops.lightning_attn(q, k, v, s, initial_state=h0, output_final_state=True, cu_seqlens=cu)
-    monkeypatch.setenv("TNL_KERNEL_BACKEND", "torch")
-    o_ref, f_ref = ops.lightning_attn(q, k, v, s, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    with ops.using(backend="torch"):
+        o_ref, f_ref = ops.lightning_attn(q, k, v, s, initial_state=h0, output_final_state=True, cu_seqlens=cu)
     assert o.dtype == dtype and f.dtype == torch.float32
     tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]
     assert rel_err(o, o_ref) < tol and rel_err(f, f_ref) < tol
     with pytest.raises(ValueError, match="v is on cpu"):
         ops.lightning_attn(q, k, v.cpu(), s)
     x = torch.randn(4, 100, device="cuda", dtype=dtype)
-    monkeypatch.delenv("TNL_KERNEL_BACKEND")
     assert rel_err(ops.srms_norm(x), reference.srms_norm(x.double())) < max(RTOL[dtype], 1e-5)

@@ -1,4 +1,4 @@
-"""tnl.ops on its Triton backend for CPU tensors (TNL_KERNEL_BACKEND=triton -> Triton's interpreter).
+"""tnl.ops on its Triton backend for CPU tensors (backend=triton -> Triton's interpreter).
 
 The facade end to end: validation, the lazy `tnl_kernels` import under TRITON_INTERPRET=1, argument hand-off and the
 results against the float64 references of tnl.reference, forward and every gradient. Tiny shapes (the interpreter is
@@ -21,6 +21,7 @@ if not torch.cuda.is_available():
 
 from numerics import rel_err
 from tnl import ops, reference  # noqa: E402
+from tnl.ops import triton_backend as tb  # noqa: E402
 
 # Relative Frobenius error vs float64. fp32 products are exact ("ieee"); fp16 rounds the operands of every product
 # and the chunk states the kernels keep in the input dtype.
@@ -29,7 +30,7 @@ RTOL = {torch.float32: 1e-6, torch.float16: 1.5e-3}  # measured: fp32 1.8e-7, fp
 
 def kernels_or_skip():
     """tnl_kernels in interpreter mode, or a skip saying why it cannot be tested in this process."""
-    if "compiled" in ops._kernel_modes():
+    if "compiled" in tb.kernel_modes():
         if torch.cuda.is_available():
             pytest.skip("triton was imported compiled in this process (CUDA machine); interpreter tests run on CPU")
         pytest.fail("triton was imported compiled on a machine without CUDA: TRITON_INTERPRET=1 must be set before "
@@ -39,13 +40,15 @@ def kernels_or_skip():
 
     if not hasattr(tnl_kernels, "lightning_attn_triton"):
         pytest.skip("tnl_kernels has no lightning_attn_triton yet (KERNELS work in progress)")
-    assert "compiled" not in ops._kernel_modes()
+    assert "compiled" not in tb.kernel_modes()
     return tnl_kernels
 
 
 @pytest.fixture(autouse=True)
 def triton_backend(monkeypatch):
-    monkeypatch.setenv("TNL_KERNEL_BACKEND", "triton")
+    monkeypatch.delenv("TNL_KERNEL_BACKEND", raising=False)
+    with ops.using(backend="triton"):
+        yield
 
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
@@ -131,8 +134,8 @@ def test_triton_and_torch_backends_agree(monkeypatch):
     cu = torch.tensor([0, 10, 11, 50], dtype=torch.int32)
     slope = torch.tensor([0.0, 0.3])
     o_tr, f_tr = ops.lightning_attn(q, k, v, slope, cu_seqlens=cu)
-    monkeypatch.setenv("TNL_KERNEL_BACKEND", "torch")
-    o_pt, _ = ops.lightning_attn(q, k, v, slope, cu_seqlens=cu)
+    with ops.using(backend="torch"):
+        o_pt, _ = ops.lightning_attn(q, k, v, slope, cu_seqlens=cu)
     assert f_tr is None
     assert rel_err(o_tr, o_pt) < RTOL[torch.float32]
 

@@ -25,7 +25,7 @@ LOSS_TOL, LOGIT_TOL, GRAD_TOL = 1e-6, 1e-5, 1e-4  # fp32, relative
 
 def _check(rank, P, name, B, T, docs, ckpt):
     from tnl.models import build_model
-    from tnl.parallel import SequenceContext, shard_sequence
+    from tnl.ops import SequenceContext, shard_sequence
 
     cfg = yaml.safe_load(CONFIG.read_text())
     cfg["gradient_checkpointing"] = ckpt

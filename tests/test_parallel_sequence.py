@@ -1,4 +1,4 @@
-"""Sequence-parallel lightning attention (tnl.parallel) on CPU with gloo, 2 and 4 ranks.
+"""Sequence-parallel lightning attention (tnl.ops.sequence_parallel) on CPU with gloo, 2 and 4 ranks.
 
 Every rank builds the same seeded full-sequence inputs, runs the single-process op on the whole sequence (the truth,
 fp32) and lightning_attn_sp on its own chunk, and checks its rows of the output and of every gradient (q, k, v)
@@ -36,8 +36,7 @@ def _cases(P):
 
 
 def _run_case(rank, P, case):
-    from tnl.ops import lightning_attn
-    from tnl.parallel import lightning_attn_sp, shard_range
+    from tnl.ops import lightning_attn, lightning_attn_sp, shard_range
 
     name, B, T, H, D, E, decay, docs, bounds = case
     g = torch.Generator().manual_seed(1234 + len(name))
@@ -83,8 +82,7 @@ def test_lightning_attn_sp_matches_single_process(P):
 
 
 def test_one_rank_is_the_plain_op():
-    from tnl.ops import lightning_attn
-    from tnl.parallel import lightning_attn_sp
+    from tnl.ops import lightning_attn, lightning_attn_sp
 
     g = torch.Generator().manual_seed(7)
     q, k, v = (torch.randn(1, 9, 2, 4, generator=g) for _ in range(3))
@@ -93,7 +91,7 @@ def test_one_rank_is_the_plain_op():
 
 
 def test_shard_sequence_flags():
-    from tnl.parallel import shard_sequence
+    from tnl.ops import shard_sequence
 
     cu = torch.tensor([0, 3, 8, 12], dtype=torch.int32)
     s0, s1, s2 = (shard_sequence(12, r, 3, cu) for r in range(3))

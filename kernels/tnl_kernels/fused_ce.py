@@ -1,6 +1,7 @@
-"""Cross-entropy rows turned into their own gradient, in place: the kernel of the fused LM-head loss (tnl.loss).
+"""Cross-entropy rows turned into their own gradient, in place: the kernel of the fused LM-head loss (tnl.ops.loss).
 
-For each row r of a (rows, V) logits block x (bf16, fp16 or fp32) and its target t_r (IGNORE = -100 skips the row):
+For each row r of a (rows, V) logits block x (bf16, fp16 or fp32) and its target t_r (the caller's ignore index,
+tnl.ops.IGNORE_INDEX, skips the row):
     lse_r  = log sum_v exp(x_rv)                          (fp32, online over V in BLOCK-wide steps)
     loss_r = lse_r - x_r,t_r                              (0 for an ignored row; NaN for a target outside [0, V))
     x_rv  <- scale * (exp(x_rv - lse_r) - [v == t_r])     (d loss_r / d x_rv, in x's dtype; 0 for an ignored row)
@@ -11,8 +12,6 @@ row just seen should mostly hit L2: see _launch_cfg) and written once; nothing o
 import torch
 import triton
 import triton.language as tl
-
-IGNORE_INDEX = -100
 
 
 @triton.jit
@@ -56,12 +55,12 @@ def _launch_cfg(V: int) -> tuple[int, int]:
     return block, min(32, max(1, block // 512))
 
 
-def ce_grad_inplace(logits: torch.Tensor, targets: torch.Tensor, scale: float = 1.0,
+def ce_grad_inplace(logits: torch.Tensor, targets: torch.Tensor, scale: float = 1.0, *, ignore_index: int,
                     block: int | None = None) -> torch.Tensor:
     """Overwrite `logits` (rows, V) with scale * d(sum of row losses)/d logits; return the row losses (rows,) fp32.
 
-    logits: bf16/fp16/fp32 with unit stride on V (rows may be strided); targets: (rows,) int32/int64, -100 = ignore.
-    A target outside [0, V) (other than -100) gives a NaN loss and NaN gradient row: loud, and without a device sync.
+    logits: bf16/fp16/fp32 with unit stride on V (rows may be strided); targets: (rows,) int32/int64, rows whose
+    target is `ignore_index` are skipped. A target outside [0, V) (other than ignore_index) gives a NaN loss and NaN gradient row: loud, and without a device sync.
     `block` overrides the V step (a power of 2; tests use it to cover several steps with a small V)."""
     if logits.dim() != 2 or logits.stride(1) != 1:
         raise ValueError(f"logits must be 2-D (rows, V) with unit stride on V, got shape {tuple(logits.shape)} "
@@ -78,5 +77,5 @@ def ce_grad_inplace(logits: torch.Tensor, targets: torch.Tensor, scale: float = 
     loss = torch.empty(rows, dtype=torch.float32, device=logits.device)
     if rows:
         ce_grad_kernel[(rows,)](logits, logits.stride(0), targets.contiguous(), loss, V, float(scale),
-                                IGNORE=IGNORE_INDEX, BLOCK=block, num_warps=warps)
+                                IGNORE=int(ignore_index), BLOCK=block, num_warps=warps)
     return loss

@@ -44,7 +44,6 @@ the override's is ignored.
 
 import functools
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -67,12 +66,18 @@ def table_key(dtype: torch.dtype, D: int, E: int, nh: int) -> str:
 
 
 def check_tables(tables: dict, where: str) -> dict:
-    """`tables` if it is {GPU name: {key: {phase: config}}}; a file of the older single-GPU form
-    ({key: {phase: config}}, before session 4) is one clear error, not a table silently ignored."""
+    """`tables` if it is {GPU name: {key: {phase: config}}} with an ALGO in every phase config; anything else (e.g.
+    a single-GPU table {key: {phase: config}}) is one clear error, not a table silently ignored."""
     flat = [k for k, v in tables.items() if isinstance(v, dict) and ({"fwd", "bwd"} & set(v))]
     if flat:
-        raise ValueError(f"{where}: entries {flat[:3]} are not under a GPU name (the older single-GPU format); "
-                         "nest them under the name of the GPU they were tuned on, or re-run benchmarks/tune_la2.py")
+        raise ValueError(f"{where}: entries {flat[:3]} are not under a GPU name; nest them under the name of the GPU "
+                         "they were tuned on, or re-run benchmarks/tune_la2.py")
+    for gpu, table in tables.items():
+        for key, phases in table.items():
+            for phase, cfg in phases.items():
+                if cfg.get("ALGO") not in ALGOS:
+                    raise ValueError(f"{where}: {gpu} / {key} / {phase} must name its ALGO ({' or '.join(ALGOS)}); "
+                                     "re-run benchmarks/tune_la2.py")
     return tables
 
 
@@ -159,12 +164,15 @@ def heuristic_fused(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
 
 
 ALGOS = ("chunk", "fused")
+# One algorithm for every phase and shape, or None for each phase's own choice. Set by tnl.ops from its la2_algo
+# setting (a run's kernels.la2_algo, or the TNL_LA2_ALGO override) before every call into these kernels.
+forced_algo: str | None = None
 # phase keys that the heuristics leave unset
 OPTIONAL_KEYS = {"chunk": set(), "fused": {"OVERLAP"}}
 
 
 def default_algo(phase: str, D: int, dtype: torch.dtype) -> str:
-    """The algorithm a phase runs when neither an override, $TNL_LA2_ALGO nor the tuned table names one.
+    """The algorithm a phase runs when neither an override, `forced_algo` nor the tuned table names one.
 
     Measured on an H100 (benchmarks/NOTES.md, "Fused segment walk"): in bf16 the fused walk beats the chunked path
     at every T for D = E = 128 (fwd+bwd 2.5-3.1 ms vs 3.1-4.0) and D = E = 64, and its backward is 9x faster at the
@@ -182,20 +190,19 @@ def get_config(D: int, E: int, dtype: torch.dtype, nh: int, override: dict | Non
     """Heuristic of each phase's ALGO, then the tuned table of `device`'s GPU model (when of the same ALGO), then
     `override`.
 
-    The ALGO is the override's, else $TNL_LA2_ALGO (chunk | fused: one algorithm everywhere, for benchmarks and
-    A/B runs), else the tuned table's, else default_algo's."""
+    The ALGO is the override's, else `forced_algo` (chunk | fused: one algorithm everywhere), else the tuned
+    table's, else default_algo's."""
     gpu = _device_name(device.index if device.index is not None else torch.cuda.current_device()) \
         if device is not None and device.type == "cuda" else None
     tuned = tuned_table(gpu).get(table_key(dtype, D, E, nh), {})
     cfg = {}
     for phase in ("fwd", "bwd"):
         t, o = tuned.get(phase, {}), (override or {}).get(phase, {})
-        tuned_algo = t.get("ALGO", "chunk") if t else None  # entries without ALGO predate the fused walk
-        algo = o.get("ALGO") or os.environ.get("TNL_LA2_ALGO") or tuned_algo or default_algo(phase, D, dtype)
+        algo = o.get("ALGO") or forced_algo or t.get("ALGO") or default_algo(phase, D, dtype)
         if algo not in ALGOS:
             raise ValueError(f"la2 config: {phase} ALGO must be one of {ALGOS}, got {algo!r}")
         base = (heuristic if algo == "chunk" else heuristic_fused)(D, E, dtype, nh)[phase]
-        cfg[phase] = {**base, **(t if t.get("ALGO", "chunk") == algo else {}), **o, "ALGO": algo}
+        cfg[phase] = {**base, **(t if t.get("ALGO") == algo else {}), **o, "ALGO": algo}
         unknown = set(cfg[phase]) - set(base) - OPTIONAL_KEYS[algo] - {"ALGO"}
         if unknown:  # e.g. a key of the other algorithm, or one that no longer exists (the chunked SEG)
             raise ValueError(f"la2 config: {phase} has keys the {algo!r} algorithm does not know: {sorted(unknown)}")

@@ -371,10 +371,8 @@ def lightning_attn_triton(q, k, v, slope=None, initial_state=None, output_final_
     summed in fp32 and rounded once, and final states concatenated along D; a value dim above EMAX likewise into
     parts whose outputs and states are concatenated along E. Both are exact (q.k is a sum over key-dim parts;
     output column e reads only column e of v), and they keep every kernel call at the 128 x 128 state the blocks
-    are tuned for: the fused walk took 4.0 ms at the LRPE layer's D = 256 against 2 x 0.64 predicted for two
-    D = 128 calls, and D = E = 256 with only the key split ran its D = 128, E = 256 parts at 32-token chunks: 38 ms
-    fwd+bwd against FA2's 31 (H200). With both splits D = E = 256 runs in 11.7 ms (H100; FA2 30.6), of which the
-    parts' concatenations and sums are 4.3 ms (benchmarks/NOTES.md, session 5).
+    are tuned for, which was faster than one wide call at every measured 256-wide shape (benchmarks/NOTES.md,
+    LA2 kernels: head dims above 128).
     """
     B, H = q.shape[0], q.shape[2]
     if (H if cu_seqlens is not None else B * H) > 65535:

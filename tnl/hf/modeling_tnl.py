@@ -22,9 +22,9 @@ from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
 from tnl.hf.configuration_tnl import TnlConfig
-from tnl.models.common import IGNORE_INDEX, lm_head_loss
 from tnl.models.config import ModelArgs
 from tnl.models.tnl import Lrpe, TnlModules, lrpe_theta_init
+from tnl.ops import IGNORE_INDEX, lm_head_loss
 
 try:
     from transformers import initialization as hf_init

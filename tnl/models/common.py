@@ -1,4 +1,5 @@
-"""Pieces shared by the TNL and LLaMA language models: output type, init, the (chunked) LM head and loss."""
+"""Pieces shared by the TNL and LLaMA language models: output type, init, input checks, document positions, the
+activation-checkpoint policy. (The LM-head loss is an op: tnl.ops.lm_head_loss.)"""
 
 from __future__ import annotations
 
@@ -6,13 +7,9 @@ import dataclasses
 import functools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from tnl.loss import fused_linear_cross_entropy, use_fused_ce
-
-IGNORE_INDEX = -100
+from tnl.ops import custom_ops
 
 
 @dataclasses.dataclass
@@ -48,41 +45,6 @@ class Embedding(nn.Embedding):
         nn.init.normal_(self.weight, mean=0.0, std=self.std)
 
 
-def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def lm_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Mean next-token cross-entropy of `hidden @ weight.T` against `targets` (-100 = ignore), in fp32 (fp64 in).
-
-    The tokens are processed `chunk_size` at a time, so the (tokens, vocab) logits of a long sequence never exist all
-    at once (64000 x 16K tokens would be 4 GB in fp32). Two paths:
-    - fused (training on the Triton backend, see tnl.loss.use_fused_ce): each chunk's gradients are computed inside
-      the forward by tnl.loss.fused_linear_cross_entropy; 3 vocab-sized matmuls per chunk, logits kept in the
-      compute dtype;
-    - torch (eval, CPU, fp64, ZeRO-3 via tnl.train.engine, or TNL_FUSED_CE=0): fp32 log-softmax per chunk, each chunk
-      checkpointed (recomputed in backward: 4 vocab-sized matmuls per chunk).
-    hidden: (B, T, D); weight: (V, D); targets: (B, T) int64.
-    """
-    h = hidden.reshape(-1, hidden.shape[-1])
-    t = targets.reshape(-1)
-    if use_fused_ce(h, weight):
-        return fused_linear_cross_entropy(h, weight, t, chunk_size)
-    count = (t != IGNORE_INDEX).sum()
-    total = h.new_zeros((), dtype=torch.float64 if h.dtype == torch.float64 else torch.float32)
-    for s in range(0, h.shape[0], chunk_size):
-        hs, ts = h[s:s + chunk_size], t[s:s + chunk_size]
-        if torch.is_grad_enabled() and (hs.requires_grad or weight.requires_grad):
-            total = total + checkpoint(_chunk_ce_sum, hs, weight, ts, use_reentrant=False)
-        else:
-            total = total + _chunk_ce_sum(hs, weight, ts)
-    # All targets ignored: loss 0 (not NaN), still connected to the graph.
-    return total / count.clamp(min=1).to(total.dtype)
-
-
 def check_inputs(input_ids: torch.Tensor, targets: torch.Tensor | None, cu_seqlens: torch.Tensor | None) -> None:
     """Validate the training-form arguments (shapes, dtypes, cu_seqlens layout) with one clear error."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
@@ -110,8 +72,6 @@ def doc_positions(cu_seqlens: torch.Tensor, T: int, device) -> torch.Tensor:
 
 @functools.cache
 def _saved_ops() -> frozenset:
-    from tnl import custom_ops
-
     aten = torch.ops.aten
     return frozenset({aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
                       custom_ops.saved_op()})

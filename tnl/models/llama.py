@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tnl.models.common import Embedding, Linear, LMOutput, check_inputs, doc_positions, lm_head_loss
+from tnl.models.common import Embedding, Linear, LMOutput, check_inputs, doc_positions
 from tnl.models.config import ModelArgs
+from tnl.ops import lm_head_loss
 
 try:  # optional: flash_attn's varlen kernel for packed documents on CUDA
     from flash_attn import flash_attn_varlen_func

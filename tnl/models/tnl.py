@@ -29,11 +29,10 @@ from tnl.models.common import (
     LMOutput,
     check_inputs,
     doc_positions,
-    lm_head_loss,
     recompute_elementwise,
 )
 from tnl.models.config import ModelArgs
-from tnl.ops import lightning_attn, srms_norm
+from tnl.ops import lightning_attn, lm_head_loss, srms_norm
 
 # Block size assumed when counting LA2's intra-block FLOPs for MFU (the chunked kernels' order of magnitude).
 LA2_FLOPS_BLOCK = 64
@@ -105,7 +104,7 @@ class NormLinearAttention(nn.Module):
     def forward(self, x, positions, cu_seqlens=None, state=None, padding_mask=None, return_state=False, sp=None,
                 slope=None):
         """x (B, T, D); positions (T,) or (B, T); state (B, H, Dq, Dh) fp32 or None; padding_mask (B, T) 1 = token;
-        sp: a tnl.parallel.SequenceContext when x is one rank's chunk of a sequence-parallel group (training form);
+        sp: a tnl.ops.SequenceContext when x is one rank's chunk of a sequence-parallel group (training form);
         slope: this layer's decay rates, self.slope(x.device) when None. The model passes them in, so that a
         compiled block takes them as a tensor input: read inside the graph, dynamo would guard on each layer's
         values and recompile the block code shared by all layers once per layer (past its recompile limit of 8
@@ -129,7 +128,7 @@ class NormLinearAttention(nn.Module):
         if padding_mask is not None:  # padded tokens write nothing into the state (k^T 0 = 0)
             v = v * padding_mask[:, :, None, None].to(v.dtype)
         if sp is not None:
-            from tnl.parallel import lightning_attn_sp
+            from tnl.ops import lightning_attn_sp
 
             o = lightning_attn_sp(q, k, v, slope, group=sp.group, cu_seqlens=cu_seqlens, carry_in=sp.shard.carry_in)
         elif T == 1 and state is not None:
@@ -137,7 +136,7 @@ class NormLinearAttention(nn.Module):
 
             o, state = lightning_attn_step(q[:, 0], k[:, 0], v[:, 0], slope, state)
             o = o[:, None]
-        else:  # under torch.compile: one custom op of the graph (tnl.custom_ops)
+        else:  # under torch.compile: one custom op of the graph (tnl.ops.custom_ops)
             o, state = lightning_attn(q, k, v, slope, initial_state=state, output_final_state=return_state,
                                       cu_seqlens=cu_seqlens)
         o = srms_norm(o.reshape(B, T, D), self.eps)
@@ -255,7 +254,7 @@ class TnlLM(TnlModules, nn.Module):
         self._build_tnl(args)  # every weight is initialised N(0, initializer_range) by its own constructor
 
     def forward(self, input_ids, targets=None, cu_seqlens=None, sp=None) -> LMOutput:
-        """Training form (INTERFACES C). With `sp` (a tnl.parallel.SequenceContext) the inputs are this rank's chunk
+        """Training form (INTERFACES C). With `sp` (a tnl.ops.SequenceContext) the inputs are this rank's chunk
         of a sequence split over a sequence-parallel group (cu_seqlens local to the chunk): LRPE positions continue
         from the chunk's first in-document position, attention runs through lightning_attn_sp, and the loss VALUE is
         the mean over the whole sequence (same on every rank of the group) while its gradient is only this rank's
@@ -274,7 +273,7 @@ class TnlLM(TnlModules, nn.Module):
             return LMOutput(loss=None, logits=F.linear(h, self.output_weight))
         loss = lm_head_loss(h, self.output_weight, targets, self.args.loss_chunk_size)
         if sp is not None:
-            from tnl.parallel import sequence_parallel_loss
+            from tnl.ops import sequence_parallel_loss
 
             loss = sequence_parallel_loss(loss, targets, sp.group)
         return LMOutput(loss=loss, logits=None)

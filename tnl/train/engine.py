@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import tnl
-from tnl.loss import fused_ce_disabled
+from tnl import ops
 from tnl.train import checkpoint, dist
 from tnl.train.config import ConfigError, model_error
 from tnl.train.metrics import build_sinks, peak_flops
@@ -47,9 +47,9 @@ class LossOnly(torch.nn.Module):
     """ZeRO-3 root: returns the loss as a plain tensor (ZeRO-3's backward hooks only see tensors, not LMOutput) and
     keeps the LM-head weight gathered through forward and backward: the models use it outside its module's forward,
     including when the chunked loss is recomputed in backward. Checkpoint names gain a `model.` prefix.
-    The fused LM-head loss (tnl.loss: gradients computed inside the forward) is switched off here by default: ZeRO-3
+    The fused LM-head loss (tnl.ops.loss: gradients computed inside the forward) is switched off here by default: ZeRO-3
     keeps the checkpointed torch path this workaround was written and tested for. (The fused path needs no weight in
-    backward and gave the same weights on 2 gloo ranks in fp32; TNL_FUSED_CE=1 turns it on here to try it on GPUs.)"""
+    backward and gave the same weights on 2 gloo ranks in fp32; TNL_FUSED_CE=on turns it on here to try it on GPUs.)"""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -57,7 +57,7 @@ class LossOnly(torch.nn.Module):
         deepspeed.zero.register_external_parameter(self, model.output_weight)
 
     def forward(self, input_ids, targets=None, cu_seqlens=None, **kwargs):
-        with fused_ce_disabled():
+        with ops.using(fused_loss="off"):
             return self.model(input_ids, targets=targets, cu_seqlens=cu_seqlens, **kwargs).loss
 
     def flops_per_token(self, seq_len: int) -> float:
@@ -94,7 +94,7 @@ class Session:
                  model_cfg["arch"], f"{n_params:,}", self.flops_per_token, t.seq_len, cfg.deepspeed.stage,
                  self.precision, env.world_size, device.type)
 
-        from tnl.parallel import new_sequence_parallel
+        from tnl.ops import new_sequence_parallel
 
         try:  # P ranks share each sequence; the loaders see only the data-parallel replicas
             sp = new_sequence_parallel(cfg.parallel.sequence)

@@ -104,7 +104,7 @@ class Trainer:
     peak_flops: float | None
     callbacks: list = field(default_factory=list)  # objects with on_log(step, record) / close()
     on_save: Any = None  # (trainer) -> None, called every save_every steps and at the end
-    sequence_parallel: Any = None  # tnl.parallel.SequenceParallel when parallel.sequence > 1
+    sequence_parallel: Any = None  # tnl.ops.SequenceParallel when parallel.sequence > 1
     state: TrainState = field(default_factory=TrainState)
 
     def __post_init__(self):
@@ -120,7 +120,7 @@ class Trainer:
     def _forward(self, batch: dict) -> torch.Tensor:
         sp, kwargs = self.sequence_parallel, {}
         if sp is not None:  # every rank of the group got the same batch: keep this rank's chunk of the sequence
-            from tnl.parallel import SequenceContext
+            from tnl.ops import SequenceContext
 
             ids, targets, cu = batch["input_ids"], batch["targets"], batch.get("cu_seqlens")
             if cu is not None:

@@ -1,65 +1,34 @@
-"""Fused linear + cross-entropy for training: the LM-head loss whose gradients are computed inside its forward.
+"""The LM-head loss: mean next-token cross-entropy of `hidden @ weight.T`, chunked, fused with its gradients where
+the Triton backend serves the training step.
 
-loss = mean over non-ignored targets of CE(hidden @ weight.T, targets). Per chunk of `chunk_size` tokens:
-    logits = hidden_c @ W^T                      one matmul, in the autocast / input dtype
-    ce_grad_inplace(logits, targets_c)           Triton: row losses, logits overwritten by softmax - onehot
-    dhidden_c = dlogits @ W,  dW += dlogits^T @ hidden_c   (dW accumulated in fp32)
-The autograd.Function keeps dhidden (N, D) and dW (V, D), scaled by 1/count at the end, and its backward only
-multiplies them by the incoming scalar gradient. Three vocab-sized matmuls per chunk instead of four (the torch path
-recomputes its checkpointed logits), and no fp32 (tokens, V) log_softmax in forward or backward. Memory: N x D + V x D
-plus one (chunk, V) block of logits, never N x V. The same idea as liger-kernel's fused linear cross-entropy.
-
-tnl.models.common.lm_head_loss takes this path when `use_fused_ce` says so: gradients needed, the op facade's backend
-is Triton (CUDA, or TNL_KERNEL_BACKEND=triton on CPU = Triton's interpreter), fp16/bf16/fp32 compute, and the path is
-not switched off: TNL_FUSED_CE=0 in the environment (read on every call, for A/B runs), or inside
-`fused_ce_disabled()` (the training engine wraps ZeRO-3 models in it: see tnl/train/engine.py) unless TNL_FUSED_CE=1.
-
-On by default (DEFAULT = "auto"): its `gpu` tests passed on an H100 and it took tnl_385m's training step from
-119.7K to 148.8K tokens/s there (bench_train, 32K tokens per step; benchmarks/NOTES.md). TNL_FUSED_CE=0 is the
-A/B switch back to the torch path.
+`lm_head_loss` picks one of two paths (the `fused_loss` setting, tnl.ops.settings):
+- fused: `fused_linear_cross_entropy`, whose gradients are computed inside its forward. Per chunk of `chunk_size`
+  tokens:
+      logits = hidden_c @ W^T                      one matmul, in the autocast / input dtype
+      ce_grad_inplace(logits, targets_c)           Triton: row losses, logits overwritten by softmax - onehot
+      dhidden_c = dlogits @ W,  dW += dlogits^T @ hidden_c   (dW accumulated in fp32)
+  The autograd.Function keeps dhidden (N, D) and dW (V, D), scaled by 1/count at the end, and its backward only
+  multiplies them by the incoming scalar gradient. Three vocab-sized matmuls per chunk instead of four, and no fp32
+  (tokens, V) log_softmax in forward or backward. Memory: N x D + V x D plus one (chunk, V) block of logits, never
+  N x V. The same idea as liger-kernel's fused linear cross-entropy. It took tnl_385m's training step from 119.7K
+  to 148.8K tokens/s on an H100 (bench_train, 32K tokens per step; benchmarks/NOTES.md).
+- torch: fp32 log-softmax per chunk, each chunk checkpointed (recomputed in backward: 4 vocab-sized matmuls).
+  Taken for evaluation and no-grad calls, fp64, the torch backend, and `fused_loss=off` (a ZeRO-3 run's
+  `trainer.fused_loss=auto` resolves to off: its gathered weight is not the tensor the kernel's dW would reach).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import functools
 
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from tnl import custom_ops, ops
+from tnl.ops import custom_ops, settings, triton_backend
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the target that marks a token without a loss (torch's and transformers' convention)
 _KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-_disabled = 0  # depth of nested fused_ce_disabled() blocks
-
-
-@contextlib.contextmanager
-def fused_ce_disabled():
-    """Inside this block lm_head_loss takes its torch path (checkpointed chunks) even where Triton is available."""
-    global _disabled
-    _disabled += 1
-    try:
-        yield
-    finally:
-        _disabled -= 1
-
-
-_ENV_ON, _ENV_OFF = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
-DEFAULT = "auto"  # what an unset TNL_FUSED_CE means (see the module docstring)
-
-
-def fused_ce_enabled() -> bool:
-    """TNL_FUSED_CE (read on every call; unset = DEFAULT): auto -> on except inside `fused_ce_disabled()`; 1/on ->
-    on even there (to try the fused loss under ZeRO-3); 0/off -> off."""
-    env = os.environ.get("TNL_FUSED_CE", "").strip().lower() or DEFAULT
-    if env == "auto":
-        return _disabled == 0
-    if env in _ENV_ON:
-        return True
-    if env in _ENV_OFF:
-        return False
-    raise ValueError(f"TNL_FUSED_CE must be auto, on/1 or off/0 (or unset), got {os.environ['TNL_FUSED_CE']!r}")
 
 
 def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -72,12 +41,50 @@ def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 
 def use_fused_ce(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether lm_head_loss should take the fused path for these inputs (see the module docstring)."""
+    """Whether lm_head_loss takes the fused path for these inputs (see the module docstring)."""
     if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
         return False  # eval / no-grad: nothing to fuse, the plain chunked loss is cheaper
-    if not fused_ce_enabled() or ops._backend(hidden.device) != "triton":
+    mode = settings.get("fused_loss")
+    if mode == "off" or compute_dtype(hidden, weight) not in _KERNEL_DTYPES:
         return False
-    return compute_dtype(hidden, weight) in _KERNEL_DTYPES
+    if mode == "on":
+        return True
+    return settings.backend(hidden.device) == "triton"
+
+
+def ce_kernel(device):
+    """tnl_kernels.ce_grad_inplace for tensors on `device`, with this module's IGNORE_INDEX."""
+    return functools.partial(triton_backend.triton_fn("ce_grad_inplace", device), ignore_index=IGNORE_INDEX)
+
+
+def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(hidden, weight)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def lm_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Mean next-token cross-entropy of `hidden @ weight.T` against `targets` (IGNORE_INDEX = no loss), in fp32
+    (fp64 for fp64 inputs).
+
+    The tokens are processed `chunk_size` at a time, so the (tokens, vocab) logits of a long sequence never exist all
+    at once (64000 x 16K tokens would be 4 GB in fp32); fused or torch path as the module docstring says.
+    hidden: (B, T, D); weight: (V, D); targets: (B, T) int64. All targets ignored: 0, still differentiable.
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = targets.reshape(-1)
+    if use_fused_ce(h, weight):
+        return fused_linear_cross_entropy(h, weight, t, chunk_size)
+    count = (t != IGNORE_INDEX).sum()
+    total = h.new_zeros((), dtype=torch.float64 if h.dtype == torch.float64 else torch.float32)
+    for s in range(0, h.shape[0], chunk_size):
+        hs, ts = h[s:s + chunk_size], t[s:s + chunk_size]
+        if torch.is_grad_enabled() and (hs.requires_grad or weight.requires_grad):
+            total = total + checkpoint(_chunk_ce_sum, hs, weight, ts, use_reentrant=False)
+        else:
+            total = total + _chunk_ce_sum(hs, weight, ts)
+    return total / count.clamp(min=1).to(total.dtype)
 
 
 # ------------------------------------------------------------------------------------------------- fp32 accumulation
@@ -108,7 +115,7 @@ def kept_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def fused_forward(hidden, weight, targets, chunk_size, cdtype, kernel, need_h, need_w):
     """(loss, dloss/dhidden or None, dloss/dweight or None), all computed here, chunk by chunk (module docstring).
-    kernel: tnl_kernels.ce_grad_inplace. Shared by the autograd Function and the custom op (tnl.custom_ops)."""
+    kernel: `ce_kernel(device)`. Shared by the autograd Function and the custom op (tnl.ops.custom_ops)."""
     N, D = hidden.shape
     V = weight.shape[0]
     with torch.autocast(hidden.device.type, enabled=False):
@@ -192,25 +199,26 @@ def _check(hidden, weight, targets, chunk_size):
 
 
 def _fused_call(hidden, weight, targets, chunk_size, cdtype):
-    kernel = ops._triton_fn("ce_grad_inplace", hidden.device)
+    kernel = ce_kernel(hidden.device)
     return _FusedLinearCE.apply(hidden, weight, targets, chunk_size, cdtype, kernel)
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                chunk_size: int = 4096) -> torch.Tensor:
-    """Mean cross-entropy of `hidden @ weight.T` against `targets` (-100 = ignore), gradients computed in forward.
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`, gradients computed in forward.
 
     Args:
         hidden: `[N, D]`, bf16/fp16/fp32 (fp32 master copies under autocast are fine: the matmuls run in the
             autocast dtype, like F.linear).
         weight: `[V, D]`, hidden's dtype outside autocast.
-        targets: `[N]` int64/int32; -100 ignores a token. A target outside [0, V) makes the loss NaN (no host sync).
+        targets: `[N]` int64/int32; IGNORE_INDEX (-100) ignores a token. A target outside [0, V) makes the loss
+            NaN (no host sync).
         chunk_size: tokens per chunk; one (chunk_size, V) block of logits exists at a time.
 
     Returns the fp32 loss (0-d), the mean over non-ignored targets (0 when all are ignored, still differentiable).
     Gradients come back in hidden's and weight's dtypes. Always the Triton kernel (interpreted on CPU tensors);
-    `tnl.models.common.lm_head_loss` is the entry point that picks this or the torch path. Under torch.compile it
-    is one custom op of the graph (tnl.custom_ops), whose backward scales the kept gradients."""
+    `lm_head_loss` is the entry point that picks this or the torch path. Under torch.compile it is one custom op
+    of the graph (tnl.ops.custom_ops), whose backward scales the kept gradients."""
     cdtype = _check(hidden, weight, targets, chunk_size)
     if torch.compiler.is_compiling():
         return custom_ops.fused_linear_ce(hidden, weight, targets, chunk_size, cdtype)

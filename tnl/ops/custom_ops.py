@@ -1,6 +1,6 @@
 """Lightning Attention-2 and the fused LM-head loss as torch.library custom ops: what torch.compile sees of them.
 
-Under torch.compile, `tnl.ops.lightning_attn` and `tnl.loss.fused_linear_cross_entropy` call these ops instead of
+Under torch.compile, `tnl.ops.lightning_attn` and `tnl.ops.fused_linear_cross_entropy` call these ops instead of
 their autograd Functions. Each op is one opaque node with a fake (shape-only) implementation and a registered
 backward that is itself an op, so dynamo never traces the host code (validation, block-size tables, launches),
 one graph spans a whole block, forward and backward, and inductor fuses the elementwise work around the ops:
@@ -9,15 +9,15 @@ SiLU on q and k, the LRPE rotation, SRMSNorm and the u gate, the SGLU product, t
 neighbours; an opaque norm would block exactly that fusion.) Eager calls keep the autograd Functions, which cost
 less Python per call and keep the forward's segment states for the backward.
 
-The implementations choose the backend as tnl.ops does (TNL_KERNEL_BACKEND, else Triton exactly on CUDA):
+The implementations run the backend in force, as the eager ops do (tnl.ops.settings.backend):
 - lightning_attn: Triton (`tnl_kernels.lightning_attn_forward` / `_backward`), or the chunked torch reference
   (its backward: three reference forwards, see _la2_torch_backward);
 - fused_linear_ce: always the Triton kernel (interpreted on CPU tensors), as `fused_linear_cross_entropy`.
 Outputs that a call does not produce (the final state, dh0, a gradient not asked for) are empty (0,) tensors:
 custom ops return tensors, not None.
 
-Namespace: `tnl` for this module; the copy that an HF export bundles (imported under another module name) registers
-under a namespace derived from its own name, so two copies in one process never collide.
+Namespace: `tnl` for this module (tnl.ops.custom_ops); the copy that an HF export bundles (imported under another
+module name) registers under a namespace derived from its own name, so two copies in one process never collide.
 """
 
 import re
@@ -26,31 +26,25 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-NAMESPACE = "tnl" if __name__ == "tnl.custom_ops" else "tnl_" + re.sub(r"\W", "_", __name__)
+from tnl import reference
+from tnl.ops import settings, triton_backend
+
+NAMESPACE = "tnl" if __name__ == "tnl.ops.custom_ops" else "tnl_" + re.sub(r"\W", "_", __name__)
 
 
 def _empty(like: Tensor, dtype=torch.float32) -> Tensor:
     return like.new_empty((0,), dtype=dtype)
 
 
-def _ops():
-    from tnl import ops  # at call time: tnl.ops imports this module
-
-    return ops
-
-
 # --------------------------------------------------------------------------------------------- Lightning Attention-2
 @torch.library.custom_op(f"{NAMESPACE}::lightning_attn", mutates_args=())
 def _la2(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor], initial_state: Optional[Tensor],
          cu_seqlens: Optional[Tensor], output_final_state: bool) -> tuple[Tensor, Tensor]:
-    ops = _ops()
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))  # the kernels' one layout need
-    if ops._backend(q.device) == "triton":
-        fn = ops._triton_fn("lightning_attn_forward", q.device)
+    if settings.backend(q.device) == "triton":
+        fn = triton_backend.triton_fn("lightning_attn_forward", q.device)
         o, ht = fn(q, k, v, slope, initial_state, output_final_state, cu_seqlens)
     else:
-        from tnl import reference
-
         with torch.no_grad():
             o, ht = reference.lightning_attn_chunked(q, k, v, slope, initial_state, cu_seqlens)
     ht = ht.float().contiguous() if output_final_state else _empty(q)
@@ -70,11 +64,10 @@ def _la2_fake(q, k, v, slope, initial_state, cu_seqlens, output_final_state):
 def _la2_bwd(q: Tensor, k: Tensor, v: Tensor, slope: Optional[Tensor], initial_state: Optional[Tensor],
              cu_seqlens: Optional[Tensor], do: Tensor, dht: Optional[Tensor],
              need_dh0: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    ops = _ops()
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     need_dh0 = need_dh0 and initial_state is not None
-    if ops._backend(q.device) == "triton":
-        fn = ops._triton_fn("lightning_attn_backward", q.device)
+    if settings.backend(q.device) == "triton":
+        fn = triton_backend.triton_fn("lightning_attn_backward", q.device)
         dq, dk, dv, dh0 = fn(q, k, v, slope, initial_state, cu_seqlens, do, dht, need_dh0)
     else:
         dq, dk, dv, dh0 = _la2_torch_backward(q, k, v, slope, initial_state, cu_seqlens, do, dht, need_dh0)
@@ -90,8 +83,7 @@ def _la2_torch_backward(q, k, v, slope, h0, cu_seqlens, do, dht, need_dh0):
         dv_s = k_s G_s       an LA forward over the reversed documents, (k, q, do); likewise
         dk_s = v_s G_s^T     over (v, do, q); the dht terms are added per token;
         dS_0 = lam G_0       lam times the reversed walk's final state, + lam^n dht."""
-    from tnl.reference import lightning_attn_chunked as la
-
+    la = reference.lightning_attn_chunked
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     B, T, H, _ = q.shape
     qf, kf, vf, dof = (x.to(dt) for x in (q, k, v, do))
@@ -165,9 +157,9 @@ def lightning_attn(q, k, v, slope, initial_state, output_final_state, cu_seqlens
 @torch.library.custom_op(f"{NAMESPACE}::fused_linear_ce", mutates_args=())
 def _fused_ce(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, cdtype: torch.dtype,
               need_hidden: bool, need_weight: bool) -> tuple[Tensor, Tensor, Tensor]:
-    from tnl import loss as tloss
+    from tnl.ops import loss as tloss  # at call time: tnl.ops.loss imports this module
 
-    kernel = _ops()._triton_fn("ce_grad_inplace", hidden.device)
+    kernel = tloss.ce_kernel(hidden.device)
     loss, dh, dw = tloss.fused_forward(hidden, weight, targets, chunk_size, cdtype, kernel, need_hidden,
                                        need_weight)
     return loss, (dh if need_hidden else _empty(hidden)), (dw if need_weight else _empty(hidden))
@@ -175,7 +167,7 @@ def _fused_ce(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, 
 
 @_fused_ce.register_fake
 def _fused_ce_fake(hidden, weight, targets, chunk_size, cdtype, need_hidden, need_weight):
-    from tnl.loss import kept_dtype
+    from tnl.ops.loss import kept_dtype
 
     dh = hidden.new_empty(hidden.shape, dtype=kept_dtype(hidden.dtype)) if need_hidden else _empty(hidden)
     dw = weight.new_empty(weight.shape, dtype=kept_dtype(weight.dtype)) if need_weight else _empty(hidden)
@@ -190,7 +182,7 @@ def _fused_ce_setup(ctx, inputs, output):
 
 
 def _fused_ce_backward(ctx, grad_loss, _grad_dh, _grad_dw):
-    from tnl.loss import scale_saved_grads
+    from tnl.ops.loss import scale_saved_grads
 
     dh, dw = ctx.saved_tensors
     gh, gw = scale_saved_grads(dh if ctx.need[0] else None, dw if ctx.need[1] else None, grad_loss, ctx.dtypes)
@@ -201,7 +193,7 @@ _fused_ce.register_autograd(_fused_ce_backward, setup_context=_fused_ce_setup)
 
 
 def fused_linear_ce(hidden, weight, targets, chunk_size, cdtype):
-    """The op behind tnl.loss.fused_linear_cross_entropy under torch.compile (arguments checked there)."""
+    """The op behind tnl.ops.fused_linear_cross_entropy under torch.compile (arguments checked there)."""
     loss, _, _ = _fused_ce(hidden, weight, targets, chunk_size, cdtype, hidden.requires_grad,
                            weight.requires_grad)
     return loss

@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
-from tnl.ops import lightning_attn
+from tnl.ops.attention import lightning_attn
 
 __all__ = ["SequenceContext", "SequenceParallel", "SequenceShard", "lightning_attn_sp", "new_sequence_parallel",
            "sequence_parallel_loss", "shard_range", "shard_sequence"]
