@@ -2,7 +2,7 @@
 algorithm (chunk / fused): e.g. tnl_385m at 2K context is B=16, T=2048, H=8 with D=E=128, and its LRPE layer has
 D=256 (q, k doubled by [cos, sin]) with E=128. v is read as a strided view, as the model passes it.
 
-    python benchmarks/bench_la2_shapes.py --shapes 16x2048x8x128x128,16x2048x8x256x128 --out benchmarks/results
+    python benchmarks/bench_la2_shapes.py --shapes 16x2048x8x128x128,16x2048x8x256x128
 
 Shapes are BxTxHxDxE; bf16 inputs, per-head decay. Medians of triton.testing.do_bench in ms. --algos also takes
 "default" (the tuned table as it stands) and A/B variants NAME=JSON, a config override merged over the tuned table:
@@ -28,7 +28,7 @@ import results_io  # noqa: E402  (beside this script)
 
 
 def plain_inputs(B, T, H, D, E, device="cuda", dtype=torch.bfloat16):
-    """scripts/bench_kernels.py's inputs: contiguous q, k, v of N(0, 1/4) values, slopes 2^(-8(h+1)/H)."""
+    """benchmarks/bench_kernels.py's inputs: contiguous q, k, v of N(0, 1/4) values, slopes 2^(-8(h+1)/H)."""
     g = torch.Generator(device=device).manual_seed(0)
     q, k, v = ((torch.randn(B, T, H, d, device=device, generator=g) * 0.5).to(dtype).requires_grad_()
                for d in (D, D, E))
@@ -67,7 +67,9 @@ def variant(spec: str) -> tuple[str, dict | None]:
 
 
 def time_shape(shape, algo: str, cfg: dict | None = None, plain: bool = False) -> dict:
-    from tnl_kernels import lightning_attn_triton
+    from tnl.ops.triton_backend import triton_fn  # the kernel settings in force reach the kernels
+
+    lightning_attn_triton = triton_fn("lightning_attn_triton", torch.device("cuda"))
 
     B, T, H, D, E = shape
     if plain:
@@ -103,8 +105,9 @@ def main(argv=None) -> int:
     p.add_argument("--algos", default="chunk,fused", help="chunk, fused, default, NAME=JSON (see above)")
     p.add_argument("--inputs", default="model", choices=["model", "plain", "both"],
                    help="model: v a strided view, small q, k (the model's calls); plain: bench_kernels' inputs")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    p.add_argument("--tag", default="", help="suffix for the output file names")
+    p.add_argument("--out", default=str(results_io.topic_dir("kernels")),
+                   help="output folder (default benchmarks/results/kernels)")
+    p.add_argument("--tag", default="", help="appended to what the file names say was measured")
     args = p.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",") if s]
     if any(len(s) != 5 for s in shapes):
@@ -118,6 +121,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("error: bench_la2_shapes needs a CUDA GPU", file=sys.stderr)
         return 1
+    meta = results_io.run_facts("benchmarks/bench_la2_shapes.py", argv)
     rows = []
     kinds = {"model": [False], "plain": [True], "both": [False, True]}[args.inputs]
     for shape in shapes:
@@ -126,11 +130,10 @@ def main(argv=None) -> int:
                 row = time_shape(shape, algo, cfg, plain)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    meta = results_io.run_meta("benchmarks/bench_la2_shapes.py", argv)
     name = meta["gpu"]
     lines = [f"# LA2 at model shapes ({name})", "", f"torch {meta['torch']}, triton {meta['triton']}; bf16, decay, "
              "inputs 'model': v strided, q and k scaled by D^-1/2, slopes 0.01-0.5; 'plain': "
-             "scripts/bench_kernels.py's; medians in ms.", "",
+             "benchmarks/bench_kernels.py's; medians in ms.", "",
              "| B x T x H x D x E | inputs | algo | fwd | fwd+bwd |", "|---|---|---|---|---|"]
     for r in rows:
         cells = [f"{r['B']}x{r['T']}x{r['H']}x{r['D']}x{r['E']}", r["inputs"], r["algo"]]

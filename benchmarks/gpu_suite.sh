@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The GPU work the open issues still owe, as named steps, each writing into benchmarks/results/ (or $RESULTS).
-# Run on a CUDA machine from the repository root, with the project importable (`make install`, or the wheelhouse
-# plus PYTHONPATH). Steps can be run one at a time so that each fits a short time slot:
+# The GPU measurements as named steps. Each step writes into one topic folder of benchmarks/results/ (or of
+# $RESULTS): kernels, training, decode, scaling or reproduction (test logs: gpu_tests), with file names
+# <what>_<gpu>_<UTC stamp>.* made by benchmarks/results_io.py. Runs from any working directory on a CUDA machine,
+# with the project importable (`make install`, or the wheelhouse plus PYTHONPATH). Steps can be run one at a time
+# so that each fits a short time slot:
 #
 #   bash benchmarks/gpu_suite.sh tests        # make test-gpu equivalent: kernels, ops, models, HF, training  (~3 min)
 #   bash benchmarks/gpu_suite.sh pytest ARGS / bench_train ARGS               # any pytest / bench_train selection
 #   bash benchmarks/gpu_suite.sh kernels      # LA2 vs FA2 / OpenNLPLab / fla over T, head dims, packed      (~10 min)
-#   bash benchmarks/gpu_suite.sh tune         # LA2 block-size tuning -> $RESULTS/la2_tuned.json (copy to kernels/)
+#   bash benchmarks/gpu_suite.sh tune         # LA2 block-size tuning -> a new la2_tuned table in $RESULTS/kernels/
+#                                             # (the current table plus this GPU's entry: copy to kernels/tnl_kernels/)
 #   bash benchmarks/gpu_suite.sh shapes       # LA2 chunk vs fused at model shapes (benchmarks/bench_la2_shapes.py)
 #   bash benchmarks/gpu_suite.sh profile      # LA2 fwd+bwd kernel by kernel (benchmarks/profile_la2.py)
 #   bash benchmarks/gpu_suite.sh ncu [SHAPE]  # Nsight Compute report of every LA2 kernel at one BxTxHxDxE shape
@@ -29,64 +32,75 @@
 #       runs each quoted group (steps separated by ';') in order on its own GPU (CUDA_VISIBLE_DEVICES=0, 1, ...),
 #       all groups at once; group i logs to $RESULTS/gpu<i>.log. A failed step is logged and the group goes on.
 #
-# Environment: RESULTS (output folder), PYTHON, STEPS (train step count), REPRO_STEPS (repro_small step count),
-# TASK_LIMIT (documents per zero-shot task), TNL_DATA_ROOT / TNL_EVAL_ROOT (corpora and task files).
+# Folders: tests, pytest -> gpu_tests (logs); kernels, tune, shapes, profile, ncu -> kernels; bench_train,
+# throughput, train -> training; decode -> decode; memory (the single-GPU input to docs/sequence_parallel.md's
+# memory model), scale, seqpar, scale_report -> scaling; repro, compare, reproduce, repro_seed -> reproduction.
+#
+# Environment: RESULTS (base of the topic folders), PYTHON, STEPS (train step count), REPRO_STEPS (repro_small step
+# count), TASK_LIMIT (documents per zero-shot task), TNL_DATA_ROOT / TNL_EVAL_ROOT (corpora and task files).
 # fla-core and lightning-attn are optional competitors in `kernels` (reported as missing when absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RESULTS=${RESULTS:-benchmarks/results}
+export RESULTS=${RESULTS:-benchmarks/results}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-mkdir -p "$RESULTS"
-stamp() { date -u +%Y%m%dT%H%MZ; }
+mkdir -p "$RESULTS"/{kernels,training,decode,scaling,reproduction,gpu_tests}
+# stem TOPIC WHAT [TAG] -> $RESULTS/TOPIC/WHAT[_TAG]_<gpu>_<UTC stamp>: names for files that other programs write
+stem() { "$PY" benchmarks/results_io.py stem "$@"; }
 
 step=${1:?usage: gpu_suite.sh tests|kernels|tune|decode|throughput|memory|train|data|repro MODEL|compare|parallel GROUP...}
 shift
 case $step in
   tests)
-    "$PY" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$RESULTS/gpu_tests_$(stamp).log" ;;
+    log=$(stem gpu_tests gpu_tests_all).log
+    "$PY" -m pytest -m gpu -q -p no:cacheprovider 2>&1 | tee "$log" ;;
   pytest)
-    "$PY" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$RESULTS/gpu_pytest_$(stamp).log" ;;
+    log=$(stem gpu_tests gpu_tests_pytest).log
+    "$PY" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$log" ;;
   bench_train)
-    "$PY" scripts/bench_train.py --out "$RESULTS" "$@" ;;
+    "$PY" benchmarks/bench_train.py --out "$RESULTS/training" "$@" ;;
   kernels)
-    "$PY" scripts/bench_kernels.py --out "$RESULTS" "$@" ;;
+    "$PY" benchmarks/bench_kernels.py --out "$RESULTS/kernels" "$@" ;;
   shapes)
-    "$PY" benchmarks/bench_la2_shapes.py --out "$RESULTS" "$@" ;;
+    "$PY" benchmarks/bench_la2_shapes.py --out "$RESULTS/kernels" "$@" ;;
   profile)
-    "$PY" benchmarks/profile_la2.py --out "$RESULTS" "$@" ;;
+    "$PY" benchmarks/profile_la2.py --out "$RESULTS/kernels" "$@" ;;
   ncu)
     # Nsight Compute on every LA2 kernel of one fwd+bwd at one shape (default: the shape of record at T = 64K):
-    # speed of light, memory, occupancy, warp stalls; clocks left alone. Text report into $RESULTS.
+    # speed of light, memory, occupancy, warp stalls; clocks left alone. Text report into $RESULTS/kernels.
     shape=${1:-1x65536x16x128x128}
+    report=$(stem kernels "ncu_la2_$shape").txt
     ncu --clock-control none --kernel-name regex:la2_ --launch-count 12 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
       --section WarpStateStats --section SchedulerStats \
       "$PY" benchmarks/profile_la2.py --shapes "$shape" --iters 1 --no-breakdown \
-      > "$RESULTS/ncu_la2_${shape}_$(stamp).txt" 2>&1 ;;
+      > "$report" 2>&1 ;;
   with)
     # with VAR=VALUE STEP [args]: one step with an extra environment variable (e.g. TNL_LA2_ALGO=fused)
     assign=${1:?usage: gpu_suite.sh with VAR=VALUE STEP [args]}; shift
     env "$assign" bash "$0" "$@" ;;
   tune)
-    "$PY" benchmarks/tune_la2.py --out "$RESULTS/la2_tuned.json" --log "$RESULTS/tune_la2.json" "$@" ;;
+    table=$(stem kernels la2_tuned).json
+    cp kernels/tnl_kernels/la2_tuned.json "$table"  # tuned over a copy: the other GPUs' entries stay in it
+    "$PY" benchmarks/tune_la2.py --out "$table" --log-dir "$RESULTS/kernels" "$@" ;;
   decode)
-    "$PY" -m tnl.hf.bench_decode --out "$RESULTS" ;;
+    "$PY" benchmarks/bench_decode.py --out "$RESULTS/decode" "$@" ;;
   throughput)
-    "$PY" scripts/bench_train.py --models tnl_385m,llama_385m --out "$RESULTS" ;;
+    "$PY" benchmarks/bench_train.py --models tnl_385m,llama_385m --out "$RESULTS/training" ;;
   memory)
     # Single-GPU check of docs/sequence_parallel.md's memory model: one sequence per step (B = 1).
-    "$PY" scripts/bench_train.py --models tnl_1b --seq-lens 8192,16384,32768 --tokens 1 --warmup 1 --steps 2 \
-      --out "$RESULTS" --tag memory_nockpt
-    "$PY" scripts/bench_train.py --models tnl_1b --seq-lens 16384,65536,131072 --tokens 1 --warmup 1 --steps 2 \
-      --grad-ckpt --out "$RESULTS" --tag memory_ckpt ;;
+    "$PY" benchmarks/bench_train.py --models tnl_1b --seq-lens 8192,16384,32768 --tokens 1 --warmup 1 --steps 2 \
+      --out "$RESULTS/scaling" --tag memory
+    "$PY" benchmarks/bench_train.py --models tnl_1b --seq-lens 16384,65536,131072 --tokens 1 --warmup 1 --steps 2 \
+      --grad-ckpt --out "$RESULTS/scaling" --tag memory ;;
   train)
     # Equal tokens for both models; data=gutenberg needs TNL_DATA_ROOT (or data.root=) pointing at the corpora.
     for exp in tnl_385m_h100 llama_385m_h100; do
       "$PY" scripts/train.py experiment=$exp data=gutenberg run_dir="runs/$exp" trainer.max_steps="${STEPS:-60}" "$@"
-      cp "runs/$exp/metrics.jsonl" "$RESULTS/train_${exp}_metrics.jsonl"
+      cp "runs/$exp/metrics.jsonl" "$(stem training "${exp}_metrics").jsonl"
     done
-    "$PY" scripts/compare_runs.py runs/tnl_385m_h100 runs/llama_385m_h100 --out "$RESULTS/train_385m_h100" ;;
+    "$PY" scripts/compare_runs.py runs/tnl_385m_h100 runs/llama_385m_h100 \
+      --out "$(stem training loss_tnl_385m_vs_llama_385m)" ;;
   data)
     "$PY" scripts/prepare_data.py data=gutenberg "$@" ;;
   repro)
@@ -95,19 +109,19 @@ case $step in
     run=runs/repro_small_$name
     "$PY" scripts/train.py experiment=repro_small model=$model run_dir=$run \
       ${REPRO_STEPS:+trainer.max_steps=$REPRO_STEPS} "$@"
-    cp "$run/metrics.jsonl" "$RESULTS/repro_small_${name}_metrics.jsonl"
+    cp "$run/metrics.jsonl" "$(stem reproduction "repro_small_${name}_metrics").jsonl"
     # held-out loss through the DeepSpeed checkpoint and through the HF export (the same number), then the tasks:
     # tnl's own scorer and lm-evaluation-harness (when installed) on the local task files
     for src in checkpoint hf; do
       "$PY" scripts/eval.py --run "$run" --source $src --max-batches 40 --no-progress \
-        --out "$RESULTS/repro_small_${name}_val_$src.json" || true
+        --out "$(stem reproduction "repro_small_${name}_val_$src").json" || true
     done
     evals=${TNL_EVAL_ROOT:-../shared/evals}
     "$PY" scripts/eval.py --hf "$run/hf" --data-dir "$evals" --tasks all --limit "${TASK_LIMIT:-1000}" --no-progress \
-      --out "$RESULTS/repro_small_${name}_tasks.json" || true
+      --out "$(stem reproduction "repro_small_${name}_tasks").json" || true
     if "$PY" -c "import lm_eval" 2>/dev/null; then
       "$PY" scripts/eval.py --hf "$run/hf" --data-dir "$evals" --tasks all --limit "${LMEVAL_LIMIT:-200}" \
-        --backend lm-eval --no-progress --out "$RESULTS/repro_small_${name}_lm_eval.json" || true
+        --backend lm-eval --no-progress --out "$(stem reproduction "repro_small_${name}_lm_eval").json" || true
     fi ;;
   scale)
     # One data-parallel run through the deepspeed launcher on the GPUs listed (e.g. 0,1,2,3): fixed per-GPU batch
@@ -119,7 +133,7 @@ case $step in
       scripts/train.py model=$model data=gutenberg deepspeed=zero2 run_dir=$run trainer.max_steps=$n \
       trainer.seq_len=2048 trainer.micro_batch_size=8 trainer.grad_accum=1 trainer.save_every=0 trainer.eval_every=0 \
       trainer.log_every=10 trainer.export_hf=false "$@"
-    cp "$run/metrics.jsonl" "$RESULTS/scale_${model}_${count}gpu_metrics.jsonl" ;;
+    cp "$run/metrics.jsonl" "$(stem scaling "scale_${model}_${count}gpu_metrics").jsonl" ;;
   seqpar)
     # tnl at a long context with sequence parallelism over the GPUs listed (P = their number), activation
     # checkpointing on; reports tokens/s and the peak memory per GPU in the run's log.
@@ -132,16 +146,17 @@ case $step in
       trainer.seq_len=$len trainer.micro_batch_size=1 trainer.grad_accum=1 trainer.max_steps=$n trainer.save_every=0 \
       trainer.eval_every=0 trainer.log_every=1 trainer.export_hf=false trainer.cu_seqlens=true \
       model.gradient_checkpointing=true "$@"
-    cp "$run/metrics.jsonl" "$RESULTS/seqpar_${model}_${count}gpu_${len}_metrics.jsonl" ;;
+    cp "$run/metrics.jsonl" "$(stem scaling "seqpar_${model}_${count}gpu_${len}_metrics").jsonl" ;;
   scale_report)
     specs=()
     for d in runs/scale_*gpu; do
       [[ -f $d/metrics.jsonl ]] || continue
       b=${d#runs/scale_}; specs+=("${b%_*gpu}:$(sed 's/.*_\([0-9]*\)gpu$/\1/' <<< "$b"):$d")
     done
-    "$PY" scripts/scaling_report.py --out "$RESULTS/scaling" "${specs[@]}" ;;
+    "$PY" scripts/scaling_report.py --out "$(stem scaling data_parallel_scaling)" "${specs[@]}" ;;
   compare)
-    "$PY" scripts/compare_runs.py runs/repro_small_tnl runs/repro_small_llama --out "$RESULTS/repro_small" ;;
+    "$PY" scripts/compare_runs.py runs/repro_small_tnl runs/repro_small_llama \
+      --out "$(stem reproduction repro_small_loss_tnl_vs_llama)" ;;
   reproduce)
     "$PY" scripts/reproduce.py "$@" --results "$RESULTS/reproduction" ;;
   repro_seed)

@@ -1,7 +1,7 @@
 """Where the time of one LA2 forward+backward goes, kernel by kernel (torch.profiler), at the shape of record or
 any other; also the workload that `ncu` profiles (`--iters 1 --no-breakdown`, see gpu_suite.sh's `ncu` step).
 
-    python benchmarks/profile_la2.py --shapes 16x4096x16x128x128,1x65536x16x128x128 --out benchmarks/results
+    python benchmarks/profile_la2.py --shapes 16x4096x16x128x128,1x65536x16x128x128
 
 Shapes are BxTxHxDxE, bf16, per-head decay, contiguous q, k, v (the kernel benchmark's layout). For each shape the
 table lists every kernel's calls and its median time per call over --iters profiled iterations, with the bytes it
@@ -28,7 +28,9 @@ PASSES = {"la2_walk_kernel": 4, "la2_walk_dkv_kernel": 6, "la2_segsum_kernel": 2
 
 
 def run_once(q, k, v, slope, do):
-    from tnl_kernels import lightning_attn_triton
+    from tnl.ops.triton_backend import triton_fn  # the kernel settings in force reach the kernels
+
+    lightning_attn_triton = triton_fn("lightning_attn_triton", torch.device("cuda"))
 
     o = lightning_attn_triton(q, k, v, slope)[0]
     torch.autograd.backward(o, do)
@@ -78,8 +80,9 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="16x4096x16x128x128,4x16384x16x128x128,1x65536x16x128x128")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--no-breakdown", action="store_true", help="only run --iters iterations (for ncu)")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    p.add_argument("--tag", default="")
+    p.add_argument("--out", default=str(results_io.topic_dir("kernels")),
+                   help="output folder (default benchmarks/results/kernels)")
+    p.add_argument("--tag", default="", help="appended to what the file names say was measured")
     args = p.parse_args(argv)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",") if s]
     if any(len(s) != 5 for s in shapes):
@@ -94,7 +97,7 @@ def main(argv=None) -> int:
                 run_once(*a)
         torch.cuda.synchronize()
         return 0
-    meta = results_io.run_meta("benchmarks/profile_la2.py", argv)
+    meta = results_io.run_facts("benchmarks/profile_la2.py", argv)
     name = meta["gpu"]
     results = [breakdown(s, args.iters) for s in shapes]
     lines = [f"# LA2 fwd+bwd, kernel by kernel ({name})", "",

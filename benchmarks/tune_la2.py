@@ -5,9 +5,10 @@ For each shape class (few / mid / many (sequence, head) pairs at a fixed token c
 configs (forward alone), keep the best, then candidate backward configs (forward + backward), keep the best.
 Candidates of both algorithms ("chunk" and "fused", key ALGO) compete; the winner's ALGO goes into the table. The
 winner is checked against the heuristic config's output (same function, bf16 rounding only). Every timing goes to
-a JSON log. Run on the GPU the numbers are for:
+a log written through results_io (benchmarks/results/kernels/tune_la2_<gpu>_<time>.json and .md). Run on the GPU
+the numbers are for:
 
-    python benchmarks/tune_la2.py --out kernels/tnl_kernels/la2_tuned.json --log benchmarks/results/tune_la2.json
+    python benchmarks/tune_la2.py --out kernels/tnl_kernels/la2_tuned.json
 """
 
 import argparse
@@ -15,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+import results_io  # beside this program
 import torch
 
 C = {"ALGO": "chunk"}  # chunked-algorithm candidates name it: 16-bit inputs default to the fused walk
@@ -57,7 +59,7 @@ FWD += [
     {**F, "BV": 64, "warps": 4, "BTS": 128},
     {**F, "BV": 64, "warps": 4, "stages_seg": 3},
     {**F, "BV": 64, "warps": 4, "BKS": 64, "warps_seg": 4},
-    # (register caps lost 2-4x on an H100 and an H200 in session 4, the state spilling: removed)
+    # no register caps (maxnreg): they lost 2-4x on an H100 and an H200, the state spilling to local memory
     # every token in the segment sums (the default skips chunks whose decay weights are all below 2^-40)
     {**F, "BV": 64, "warps": 4, "SEGCUT": 0},
 ]
@@ -142,8 +144,11 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--dims", default="128", help="head dims (D = E) to tune")
     p.add_argument("--seq-lens", default="65536,16384,4096", help="one T per shape class (few, mid, many)")
-    p.add_argument("--out", default="kernels/tnl_kernels/la2_tuned.json")
-    p.add_argument("--log", default="benchmarks/results/tune_la2.json")
+    p.add_argument("--out", default=str(results_io.REPO / "kernels" / "tnl_kernels" / "la2_tuned.json"),
+                   help="the tuned table to update (default: the one tnl_kernels reads)")
+    p.add_argument("--log-dir", default=str(results_io.topic_dir("kernels")),
+                   help="folder of the timing log (default benchmarks/results/kernels)")
+    p.add_argument("--tag", default="", help="appended to the log's name")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune_la2: needs a CUDA GPU", file=sys.stderr)
@@ -152,22 +157,43 @@ def main(argv=None):
     import tnl_kernels.la2_config as la2c
 
     tables = la2c.check_tables(json.loads(out.read_text()), str(out)) if out.exists() else {}
-    gpu = torch.cuda.get_device_name()
+    facts = results_io.run_facts("benchmarks/tune_la2.py", argv)
+    gpu = facts["gpu"]
     table = tables.setdefault(gpu, {})
     la2c.tuned_table = lambda gpu: {}  # candidates merge over the heuristics only, not over the table being rewritten
-    log = []
+    log, kept = [], []
     for D in map(int, args.dims.split(",")):
         for T in map(int, args.seq_lens.split(",")):
             key, best = tune_shape(D, T, args.tokens, args.heads, log)
+            kept.append({"key": key, "T": T, "best": best})
             if best is not None:
                 table[key] = best
                 print(f"{key}: {best}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(tables, indent=1, sort_keys=True) + "\n")
-    Path(args.log).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.log).write_text(json.dumps({"gpu": gpu, "runs": log}, indent=1))
-    print(f"wrote {out} and {args.log}")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(tables, indent=1, sort_keys=True) + "\n")
+    tmp.replace(out)
+    stem = results_io.write(args.log_dir, "tune_la2", facts, {"table": str(out), "kept": kept, "runs": log},
+                            log_markdown(facts, out, kept, log), args.tag, echo=False)
+    print(f"wrote {out} and {stem}.json/.md")
     return 0
+
+
+def log_markdown(facts: dict, out: Path, kept: list[dict], log: list[dict]) -> list[str]:
+    """The tuning run in brief: per shape, the best forward and forward+backward time and the config kept."""
+    lines = [f"# LA2 block-size tuning ({facts['gpu']})", "",
+             f"torch {facts['torch']}, triton {facts['triton']}; {len(log)} timings; table written to `{out}`. "
+             f"Command: `{facts['command']}`", "",
+             "| shape | best fwd ms | best fwd+bwd ms | kept |", "|---|---|---|---|"]
+    for k in kept:
+        best, shape = k["best"], f"{k['key']} T={k['T']}"
+        times = [r for r in log if r["key"] == k["key"] and r["T"] == k["T"]]
+        fwd = min((r["ms"] for r in times if not r["backward"]), default=None)
+        bwd = min((r["ms"] for r in times if r["backward"]), default=None)
+        cells = [shape, "-" if fwd is None else f"{fwd:.3f}", "-" if bwd is None else f"{bwd:.3f}",
+                 "no (disagreed with the heuristic)" if best is None else f"`{json.dumps(best, sort_keys=True)}`"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The paper's figures from one command: measure on a CUDA GPU, or redraw from the committed results.
 
-    python scripts/reproduce.py speed            # training tokens/s against context (scripts/bench_train.py)
+    python scripts/reproduce.py speed            # training tokens/s against context (benchmarks/bench_train.py)
     python scripts/reproduce.py loss             # repro_small, two seeds per model: curves, gap vs seed spread
     python scripts/reproduce.py extrapolation    # held-out perplexity at evaluation contexts 512 .. 16K
     python scripts/reproduce.py tasks            # zero-shot tasks of the same checkpoints

@@ -1,7 +1,9 @@
-"""scripts/bench_train.py: --help, its CPU smoke mode end to end (JSON + markdown + PNG), and a bad model name."""
+"""benchmarks/bench_train.py: --help, its CPU smoke mode end to end (JSON + markdown + PNG, named by results_io's
+rule, run from outside the repository), and a bad model name."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = [sys.executable, str(REPO / "scripts" / "bench_train.py")]
+SCRIPT = [sys.executable, str(REPO / "benchmarks" / "bench_train.py")]
 
 
 def test_help():
@@ -18,20 +20,25 @@ def test_help():
 
 
 def test_cpu_smoke_writes_results(tmp_path):
-    proc = subprocess.run(SCRIPT + ["--cpu-smoke", "--out", str(tmp_path), "--tag", "smoke"], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = tmp_path / "out"
+    proc = subprocess.run(SCRIPT + ["--cpu-smoke", "--out", str(out), "--tag", "smoke"], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == 3 and all(f.startswith("train_") and "_smoke" in f for f in files)
-    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    files = sorted(p.name for p in out.iterdir())
+    stem = files[0].rsplit(".", 1)[0]
+    assert re.fullmatch(r"speed_vs_length_tnl_tiny_vs_llama_tiny_smoke_cpu_\d{8}T\d{4}Z", stem), files
+    assert files == [f"{stem}.json", f"{stem}.md", f"{stem}.png"]
+    report = json.loads(next(out.glob("*.json")).read_text())
+    assert report["meta"]["command"].startswith("python benchmarks/bench_train.py --cpu-smoke")
+    assert report["meta"]["gpu"] == "cpu" and report["meta"]["compile"] is False
     rows = report["results"]
     assert [(r["model"], r["seq_len"], r["micro_batch"]) for r in rows] == [
         ("tnl_tiny", 32, 4), ("tnl_tiny", 64, 2), ("llama_tiny", 32, 4), ("llama_tiny", 64, 2)]
     assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 and r["tokens_per_step"] == 128 for r in rows)
     assert all(5.0 < r["loss"] < 12.0 for r in rows)  # random init on a 4096 vocab: near ln(4096) = 8.3
-    md = next(tmp_path.glob("*.md")).read_text()
+    md = next(out.glob("*.md")).read_text()
     assert "| 32 |" in md and "tnl_tiny / llama_tiny" in md and md in proc.stdout
-    assert next(tmp_path.glob("*.png")).read_bytes()[:4] == b"\x89PNG"
+    assert next(out.glob("*.png")).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_unknown_model_is_one_error_line(tmp_path):

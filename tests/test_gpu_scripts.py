@@ -42,18 +42,6 @@ def test_tune_candidates_are_valid_configs(phase):
         assert cfg[phase]["ALGO"] == cand["ALGO"] and all(cfg[phase][k] == v for k, v in cand.items())
 
 
-def test_results_are_written_as_json_and_markdown_pairs(tmp_path, capsys):
-    import json
-
-    import results_io
-
-    meta = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "x", "triton": "y", "command": "python z"}
-    stem = results_io.write(tmp_path, "la2_shapes", meta, {"rows": [{"T": 1}]}, ["# t", "| a |"], tag="fused")
-    assert stem.name.startswith("la2_shapes_NVIDIA_H100_80GB_HBM3_") and stem.name.endswith("_fused")
-    assert json.loads(stem.with_suffix(".json").read_text()) == {"meta": meta, "rows": [{"T": 1}]}
-    assert stem.with_suffix(".md").read_text() == "# t\n| a |\n" and "| a |" in capsys.readouterr().out
-
-
 def test_shape_bench_variants():
     """--algos items: the two algorithms, the table as it stands, and NAME=JSON overrides; anything else is an
     argument error before any GPU work."""

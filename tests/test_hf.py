@@ -227,17 +227,6 @@ def test_llama_exports_as_stock_llama(tmp_path, tied):
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
 
 
-def test_decode_benchmark_runs_on_tiny_models():
-    from tnl.hf import bench_decode
-
-    result = bench_decode.run("tnl_tiny", "llama_tiny", contexts=[8, 40], batches=[2], steps=2, warmup=1,
-                              device="cpu", dtype=torch.float32, prefill_tokens=32, tnl_graph=True)
-    assert len(result["rows"]) == 6 and all(isinstance(r["ms_per_token"], float) for r in result["rows"])
-    md = bench_decode.markdown(result)
-    assert "| tnl_tiny | 2 |" in md and "| llama_tiny | 2 |" in md and "| tnl_tiny+cudagraph | 2 |" in md
-    assert len(result["checks"]) == 2  # flatness of both TNL variants (no 32K context here)
-
-
 @pytest.mark.parametrize("use_core", [False, True])
 def test_graph_decoder_eager_logic_equals_generate(use_core):
     """GraphDecoder's step (static buffers, position as a tensor; a CUDA graph replay on GPU) run eagerly on CPU

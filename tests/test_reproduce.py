@@ -120,12 +120,12 @@ def test_names_and_errors(tmp_path):
 
 @pytest.mark.slow  # bench_train with --compile: inductor on CPU, ~1 minute
 def test_speed_measuring_path_on_cpu(tmp_path, monkeypatch):
-    """`speed` on a GPU runs scripts/bench_train.py and redraws from its new result; here with its CPU smoke mode."""
+    """`speed` on a GPU runs benchmarks/bench_train.py and redraws from its new result; here with its CPU smoke mode."""
     monkeypatch.chdir(REPO)
     argv = ["speed", "--measure", "--results", str(tmp_path), "--speed-args",
             "--cpu-smoke --models tnl_tiny,llama_tiny"]
     assert reproduce.main(argv) == 0
-    (measured,) = tmp_path.glob(f"train_*_{reproduce.SPEED_TAG}.json")
+    (measured,) = tmp_path.glob(f"speed_vs_length_*_{reproduce.SPEED_TAG}_*.json")
     md = (tmp_path / "speed.md").read_text()
     assert f"`{measured.name}`" in md and "| 32 |" in md and "tnl_tiny tokens/s" in md
     assert (tmp_path / "speed.png").read_bytes()[:4] == b"\x89PNG"

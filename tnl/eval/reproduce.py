@@ -6,7 +6,7 @@
     python scripts/reproduce.py tasks           # zero-shot table of those checkpoints (tnl's scorer)
     python scripts/reproduce.py all --redraw    # every figure from benchmarks/results, on any machine
 
-On a machine with a CUDA GPU (and without --redraw) the measurement runs first: `speed` calls scripts/bench_train.py,
+On a machine with a CUDA GPU (and without --redraw) the measurement runs first: `speed` calls benchmarks/bench_train.py,
 `loss` trains repro_small for each --models x --seeds (scripts/train.py; ~3 H100 minutes per run), `extrapolation`
 and `tasks` evaluate those runs' final checkpoints (scripts/eval.py, which needs the run dirs: run `loss` first on the
 same machine). Each measurement writes its result files into --results (names: tnl.eval.repro_results); then every
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-from", nargs="+", metavar="JSON", help="bench_train.py results for the speed figure "
                    "(default: the newest reproduce measurement in --results, else the committed H100 sweep)")
     p.add_argument("--speed-args", default="", metavar="ARGS",
-                   help="speed: more scripts/bench_train.py arguments, after the defaults (e.g. "
+                   help="speed: more benchmarks/bench_train.py arguments, after the defaults (e.g. "
                         "'--seq-lens 2048,16384'; '--cpu-smoke --models tnl_tiny,llama_tiny' on CPU)")
     p.add_argument("--experiment", default="repro_small", help="configs/experiment to train (default repro_small)")
     p.add_argument("--models", default="tnl,llama", help="comma list of tnl, llama (default both)")
@@ -128,7 +128,7 @@ def _run_dir(args, model: str, seed: int) -> Path:
 
 
 def measure_speed(args, results: Path) -> None:
-    _run([args.python, "scripts/bench_train.py", "--models", ",".join(MODELS[m] for m in MODELS), "--compile",
+    _run([args.python, "benchmarks/bench_train.py", "--models", ",".join(MODELS[m] for m in MODELS), "--compile",
           "--out", str(results), "--tag", SPEED_TAG, *shlex.split(args.speed_args)])
 
 
@@ -204,7 +204,7 @@ def _write_json(path: Path, obj: dict) -> None:
 def speed_sources(args, results: Path) -> list[Path]:
     if args.speed_from:
         return [Path(p) for p in args.speed_from]
-    measured = sorted(results.glob(f"train_*_{SPEED_TAG}.json"))
+    measured = sorted(results.glob(f"speed_vs_length_*_{SPEED_TAG}_*.json"))
     return [measured[-1]] if measured else [Path(p) for p in SPEED_SOURCES]
 
 

@@ -1,45 +1,35 @@
 """Decode latency, ms per generated token, of TNL (recurrent state, O(1) per token) vs LLaMA (KV cache).
 
-    python -m tnl.hf.bench_decode --tnl tnl_385m --llama llama_385m --contexts 1024 8192 32768 131072 \
-        --batches 1 16 --out benchmarks/results
+    python benchmarks/bench_decode.py --tnl tnl_385m --llama llama_385m --contexts 1024 8192 32768 131072 \
+        --batches 1 16
 
 TNL is timed twice on CUDA: through generate's path (an eager forward per token) and with GraphDecoder (one CUDA
 graph replay per token). For every (model, batch, context): random weights in bf16, a random prompt of `context`
 tokens prefilled in chunks of 16384 / batch tokens (the cache carried between chunks, bounding activation and mask
 memory), then `--steps` single-token forwards timed after `--warmup` ones (CUDA synchronised). Out-of-memory cells
-are recorded as "OOM". Writes decode_latency.json and decode_latency.md, with the issue's targets checked: TNL flat
-within 10% across contexts, and >= 5x faster than LLaMA at 32K.
+are recorded as "OOM". Writes benchmarks/results/decode/decode_<tnl>_vs_<llama>[_<tag>]_<gpu>_<time>.json and .md
+through results_io, with two targets checked: TNL flat within 10% across contexts, and >= 5x faster than LLaMA at
+32K.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
-from pathlib import Path
 
+import results_io  # beside this program
 import torch
-import yaml
+from bench_models import label, model_args
 
-from tnl.hf.export import llama_config_from_args, tnl_config_from_args
+from tnl.hf.export import llama_config_from_args, tnl_config_from_args  # (after bench_models: this checkout's tnl)
 from tnl.hf.graph_decode import GraphDecoder
 from tnl.hf.modeling_tnl import _CACHE_KEY, TnlForCausalLM
-from tnl.models.config import ModelArgs
-from tnl.paths import default_config_dir
 
 
-def model_args(name_or_path: str) -> ModelArgs:
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = default_config_dir() / "model" / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no model config {name_or_path!r} (looked for {path})")
-    return ModelArgs.from_mapping(yaml.safe_load(path.read_text()))
-
-
-def build_hf(args: ModelArgs, device, dtype):
+def build_hf(args, device, dtype):
+    """Random-weight HF model of a ModelArgs: TnlForCausalLM, or transformers' LlamaForCausalLM on SDPA."""
     if args.arch == "tnl":
         model = TnlForCausalLM(tnl_config_from_args(args))
     else:
@@ -94,15 +84,18 @@ def graph_decode_ms_per_token(model, batch: int, context: int, steps: int, warmu
 
 
 def run(tnl_name, llama_name, contexts, batches, steps=32, warmup=4, device=None, dtype=torch.bfloat16,
-        prefill_tokens=16384, tnl_graph=None) -> dict:
+        prefill_tokens=16384, tnl_graph=None, argv=None) -> dict:
+    """{"meta": run facts and settings, "rows": one per (model, batch, context), "checks": the targets' lines}."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    meta = {**results_io.run_facts("benchmarks/bench_decode.py", argv, device), "dtype": str(dtype),
+            "steps": steps, "warmup": warmup}
     tnl_graph = torch.device(device).type == "cuda" if tnl_graph is None else tnl_graph
     variants = [(tnl_name, tnl_name, decode_ms_per_token)]
     if tnl_graph:
         variants.append((tnl_name + "+cudagraph", tnl_name, graph_decode_ms_per_token))
     variants.append((llama_name, llama_name, decode_ms_per_token))
     rows = []
-    for label, name, measure in variants:
+    for shown, name, measure in variants:
         args = model_args(name)
         model = build_hf(args, device, dtype)
         for batch in batches:
@@ -114,19 +107,14 @@ def run(tnl_name, llama_name, contexts, batches, steps=32, warmup=4, device=None
                     ms = "OOM"
                 if torch.device(device).type == "cuda":
                     torch.cuda.empty_cache()
-                rows.append({"model": label, "arch": args.arch, "batch": batch, "context": context,
+                rows.append({"model": shown, "arch": args.arch, "batch": batch, "context": context,
                              "ms_per_token": ms})
                 print(json.dumps(rows[-1]), flush=True)
         del model
-    import transformers
-
-    env = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
-           "torch": torch.__version__, "transformers": transformers.__version__, "dtype": str(dtype),
-           "steps": steps, "warmup": warmup, "command": " ".join(sys.argv)}
     checks = _checks(rows, tnl_name, llama_name, contexts, batches)
     if tnl_graph:
         checks += _checks(rows, tnl_name + "+cudagraph", llama_name, contexts, batches)
-    return {"env": env, "rows": rows, "checks": checks}
+    return {"meta": meta, "rows": rows, "checks": checks}
 
 
 def _checks(rows, tnl_name, llama_name, contexts, batches) -> list[str]:
@@ -148,9 +136,9 @@ def _checks(rows, tnl_name, llama_name, contexts, batches) -> list[str]:
 
 
 def markdown(result: dict) -> str:
-    env, rows = result["env"], result["rows"]
+    env, rows = result["meta"], result["rows"]
     contexts = sorted({r["context"] for r in rows})
-    lines = [f"# Decode latency (ms/token), {env['device']}, {env['dtype']}", "",
+    lines = [f"# Decode latency (ms/token), {env['gpu']}, {env['dtype']}", "",
              f"torch {env['torch']}, transformers {env['transformers']}; {env['steps']} timed steps after "
              f"{env['warmup']} warm-up; command: `{env['command']}`", "",
              "| model | batch | " + " | ".join(f"ctx {c}" for c in contexts) + " |",
@@ -172,17 +160,22 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--device", default=None)
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", default=str(results_io.topic_dir("decode")),
+                   help="output folder (default benchmarks/results/decode)")
+    p.add_argument("--tag", default="", help="appended to what the file names say was measured")
     p.add_argument("--tnl-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="also time TNL with GraphDecoder (one CUDA graph per step); default: on CUDA")
     a = p.parse_args(argv)
+    try:
+        model_args(a.tnl), model_args(a.llama)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     result = run(a.tnl, a.llama, a.contexts, a.batches, a.steps, a.warmup, a.device, getattr(torch, a.dtype),
-                 tnl_graph=a.tnl_graph)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "decode_latency.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "decode_latency.md").write_text(markdown(result))
-    print(markdown(result))
+                 tnl_graph=a.tnl_graph, argv=argv)
+    stem = results_io.write(a.out, f"decode_{label(a.tnl)}_vs_{label(a.llama)}", result["meta"],
+                            {"rows": result["rows"], "checks": result["checks"]}, markdown(result), a.tag)
+    print(f"wrote {stem}.json and .md", file=sys.stderr)
     return 0
 
 

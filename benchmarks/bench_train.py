@@ -5,22 +5,20 @@ is forward + backward + optimizer step of tnl.models.build_model(cfg) on random 
 per step (micro batch B = tokens / T; a context longer than --tokens runs with B = 1): fp32 master weights, bf16
 autocast, fused AdamW, on one CUDA device. A configuration that runs out of memory is reported as OOM and the sweep
 goes on (as does one that fails otherwise: status "error" with the message). Writes
-benchmarks/results/train_<gpu>_<time>.json, .md and .png (tokens/s against context).
+benchmarks/results/training/speed_vs_length_<models>[_compile...][_<tag>]_<gpu>_<time>.json, .md and .png
+(tokens/s against context) through results_io.
 
-    python scripts/bench_train.py --models tnl_385m,llama_385m                  # T = 1K, 2K, ..., 64K at 32K tokens
-    python scripts/bench_train.py --models tnl_385m --seq-lens 2048 --compile --profile 3   # + top GPU kernels
-    python scripts/bench_train.py --models tnl_385m --tokens 32768 --seq-lens 2048,8192,32768
-    python scripts/bench_train.py --compile --models tnl_385m,llama_385m@flash,llama_385m@cudnn   # SDPA pinned
-    python scripts/bench_train.py --cpu-smoke --out /tmp/bench                  # tiny models, tiny sizes, on CPU
+    python benchmarks/bench_train.py --models tnl_385m,llama_385m              # T = 1K, 2K, ..., 64K at 32K tokens
+    python benchmarks/bench_train.py --models tnl_385m --seq-lens 2048 --compile --profile 3   # + top GPU kernels
+    python benchmarks/bench_train.py --models tnl_385m --tokens 32768 --seq-lens 2048,8192,32768
+    python benchmarks/bench_train.py --compile --models tnl_385m,llama_385m@flash,llama_385m@cudnn   # SDPA pinned
+    python benchmarks/bench_train.py --cpu-smoke --out /tmp/bench              # tiny models, tiny sizes, on CPU
 """
 
 import argparse
 import contextlib
-import datetime as dt
 import gc
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,20 +26,11 @@ from pathlib import Path
 # As scripts/train.py: expandable segments against fragmentation at long contexts (before CUDA starts).
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
+import results_io  # noqa: E402  (beside this program)
 import torch  # noqa: E402
+from bench_models import label, load_model_cfg  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SEQ_LENS = "1024,2048,4096,8192,16384,32768,65536"
-
-
-def load_model_cfg(name: str) -> dict:
-    """configs/model/<name>.yaml, or a path to a model yaml."""
-    from omegaconf import OmegaConf
-
-    path = Path(name) if name.endswith((".yaml", ".yml")) else REPO / "configs" / "model" / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"no model config {path} (names: configs/model/*.yaml)")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
 def measure(model, opt, vocab: int, B: int, T: int, device: torch.device, dtype, warmup: int, steps: int) -> dict:
@@ -249,8 +238,9 @@ def parse_args(argv):
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after timing, profile STEPS more steps and report the top GPU kernels")
     p.add_argument("--peak-flops", type=float, help="per-GPU peak FLOP/s for MFU (default: looked up by GPU name)")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="output folder")
-    p.add_argument("--tag", default="", help="suffix for the output file names")
+    p.add_argument("--out", default=str(results_io.topic_dir("training")),
+                   help="output folder (default benchmarks/results/training)")
+    p.add_argument("--tag", default="", help="appended to what the file names say was measured")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="on CPU in fp32: contexts 32, 64 with 128 tokens per step, 1 + 2 steps (a plumbing test)")
     args = p.parse_args(argv)
@@ -289,38 +279,30 @@ def main(argv=None) -> int:
     from tnl.train.metrics import peak_flops
 
     peak = peak_flops(device, args.peak_flops)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    facts = results_io.run_facts("benchmarks/bench_train.py", argv, device)
     rows = []
     for m in args.models:
         rows += bench_model(m, args.seq_lens, args.tokens, device, dtype, args.warmup, args.steps, args.grad_ckpt,
                             peak, args.compile, args.profile, args.recompute_elementwise)
-    import triton
-
     cuda = device.type == "cuda"
-    meta = {"device_name": device_name, "tokens_per_step": args.tokens, "dtype": str(dtype).replace("torch.", ""),
+    meta = {**facts, "device_name": facts["gpu"], "tokens_per_step": args.tokens,
+            "dtype": str(dtype).replace("torch.", ""),
             "precision": "bf16 autocast, fp32 master weights" if cuda else "fp32",
             "optimizer": "fused AdamW" if cuda else "foreach AdamW",
             "warmup": args.warmup, "steps": args.steps, "grad_ckpt": args.grad_ckpt, "compile": args.compile,
-            "recompute_elementwise": args.recompute_elementwise,
-            "peak_flops": peak,
-            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "host": platform.node(),
-            "command": " ".join(["python", "scripts/bench_train.py"] + (argv if argv is not None else sys.argv[1:])),
-            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    gpu = "".join(c if c.isalnum() else "_" for c in device_name).strip("_")[:40] or "device"
-    stem = f"train_{gpu}_{dt.datetime.now(dt.timezone.utc):%Y%m%d_%H%M%S}{'_' + args.tag if args.tag else ''}"
-    text = markdown(rows, args.models, args.seq_lens, meta)
-    for suffix, write in ((".json", lambda p: p.write_text(json.dumps({"meta": meta, "results": rows}, indent=1))),
-                          (".md", lambda p: p.write_text(text)),
-                          (".png", lambda p: plot(rows, args.models, p, f"training throughput ({device_name})"))):
-        tmp = out / f".{stem}.tmp{suffix}"
-        write(tmp)
-        os.replace(tmp, out / f"{stem}{suffix}")
-    print(text, end="")
-    print(f"[bench_train] wrote {out / stem}.json/.md/.png", file=sys.stderr)
+            "recompute_elementwise": args.recompute_elementwise, "peak_flops": peak}
+    stem = results_io.write(args.out, what(args), meta, {"results": rows},
+                            markdown(rows, args.models, args.seq_lens, meta), args.tag,
+                            plot=lambda p: plot(rows, args.models, p, f"training throughput ({facts['gpu']})"))
+    print(f"[bench_train] wrote {stem}.json/.md/.png", file=sys.stderr)
     return 0
+
+
+def what(args) -> str:
+    """speed_vs_length_<model>[_vs_<model>...] and the switches that change what was timed."""
+    flags = [f for f, on in (("gradckpt", args.grad_ckpt), ("compile", args.compile),
+                             ("recompute", args.recompute_elementwise), ("profile", args.profile)) if on]
+    return "_".join(["speed_vs_length", "_vs_".join(label(m) for m in args.models), *flags])
 
 
 if __name__ == "__main__":

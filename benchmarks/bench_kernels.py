@@ -4,22 +4,21 @@ Forward and forward+backward medians (triton.testing.do_bench, CUDA events) and 
 forward+backward, at a fixed number of tokens per batch (B = tokens / T), for a sweep over T and over head dims.
 Each implementation gets its inputs in its own native layout, made outside the timed region:
 tnl and fla (B, T, H, D); SDPA flash and OpenNLPLab (B, H, T, D). A competitor that fails to import or run is
-reported as missing/failed. Writes benchmarks/results/kernels_<gpu>_<time>.json and .md.
+reported as missing/failed. Writes benchmarks/results/kernels/kernels_vs_<impls>[_<tag>]_<gpu>_<time>.json and .md
+through results_io, rewritten after every row (a run cut off keeps its numbers).
 
-    python scripts/bench_kernels.py                       # full sweep (T 1K..64K at D=128; D in 64,128,256 at T=4K)
-    python scripts/bench_kernels.py --seq-lens 2048 --head-dims 128 --impls tnl,fla
+    python benchmarks/bench_kernels.py                    # full sweep (T 1K..64K at D=128; D in 64,128,256 at T=4K)
+    python benchmarks/bench_kernels.py --seq-lens 2048 --head-dims 128 --impls tnl,fla
 """
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import re
 import sys
 import time
 from pathlib import Path
 
+import results_io  # beside this program
 import torch
 
 IMPLS = ("tnl", "fla", "lightning_attn", "sdpa_flash")
@@ -35,10 +34,12 @@ def make_impl(name, B, T, H, D, E, dtype, slope, packed_cu=None):
         return (torch.randn(*shape, device=dev, dtype=torch.float32) * 0.5).to(dtype).requires_grad_()
 
     if name == "tnl":
-        import tnl_kernels
+        # through tnl.ops' backend: the kernel settings in force (TNL_LA2_ALGO, ...) reach it, as the run facts say
+        from tnl.ops.triton_backend import triton_fn
 
+        la2 = triton_fn("lightning_attn_triton", torch.device(dev))
         x = [rnd(B, T, H, D), rnd(B, T, H, D), rnd(B, T, H, E)]
-        return x, lambda x: tnl_kernels.lightning_attn_triton(x[0], x[1], x[2], slope, None, False, packed_cu)[0]
+        return x, lambda x: la2(x[0], x[1], x[2], slope, None, False, packed_cu)[0]
     if name == "fla":
         from fla.ops.simple_gla import chunk_simple_gla
 
@@ -130,17 +131,18 @@ def main(argv=None):
                         "state a long run leaves behind: on an H100, tnl at T = 32K measured 2.37 ms right after "
                         "FA2 at 16K and 2.10 after a 3 s pause (benchmarks/NOTES.md); 0 for quick runs")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--tag", default="", help="suffix for the output file names")
+    p.add_argument("--out", default=str(results_io.topic_dir("kernels")),
+                   help="output folder (default benchmarks/results/kernels)")
+    p.add_argument("--tag", default="", help="appended to what the file names say was measured")
     p.add_argument("--render-log", metavar="LOG", help="only rebuild the tables from a run's printed rows")
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="with --render-log: run facts")
     args = p.parse_args(argv)
     if args.render_log:
-        meta = {"gpu": "?", "torch": "?", "triton": "?", "cuda": "?", "time_utc": "?", "command": "?",
+        meta = {"gpu": "?", "torch": "?", "triton": "?", "cuda": "?", "time": "?", "command": "?",
                 "tokens": args.tokens, "heads": args.heads, "dtype": args.dtype, "timing": TIMING,
                 "peak_extra_mib": PEAK}
         meta.update(kv.split("=", 1) for kv in args.meta)
-        render_log(args.render_log, meta, Path(args.out), args.heads)
+        render_log(args.render_log, meta, Path(args.out), args.heads, args.tag)
         return 0
     if not torch.cuda.is_available():
         print("bench_kernels: needs a CUDA GPU", file=sys.stderr)
@@ -154,12 +156,8 @@ def main(argv=None):
     if args.packed_mean_len:
         shapes.append(("packed", args.tokens, 128))
 
-    import triton
-
     meta = {
-        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-        "cuda": torch.version.cuda, "python": platform.python_version(), "command": " ".join(sys.argv),
-        "time_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **results_io.run_facts("benchmarks/bench_kernels.py", argv),
         "tokens": args.tokens, "heads": H, "dtype": args.dtype, "decay": "ALiBi slopes 2^(-8(h+1)/H)",
         "timing": f"{TIMING}, after {args.cooldown:g} s of GPU idle", "peak_extra_mib": PEAK,
     }
@@ -192,14 +190,21 @@ def main(argv=None):
     return 0
 
 
+SHORT = {"tnl": "tnl", "fla": "fla", "lightning_attn": "opennlplab", "sdpa_flash": "fa2"}  # names in file names
+
+
+def what(impls) -> str:
+    """kernels_vs_<competitors> (tnl against the others timed), kernels_tnl_only, or kernels_<impls> without tnl."""
+    others = [SHORT.get(i, i) for i in impls if i != "tnl"]
+    if "tnl" not in impls:
+        return "kernels_" + "_".join(others)
+    return "kernels_vs_" + "_".join(others) if others else "kernels_tnl_only"
+
+
 def write_results(out, meta, rows, shapes, impls, tag="", final=False):
     """JSON + markdown table of the rows so far (rewritten after every row, so a cut-off run keeps its numbers)."""
-    out.mkdir(parents=True, exist_ok=True)
-    gpu = "".join(c if c.isalnum() else "_" for c in meta["gpu"]).strip("_")
-    stem = f"kernels_{gpu}_{meta['time_utc'].replace(':', '').replace('-', '')}{tag}"
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = [f"# LA2 kernel benchmark: {meta['gpu']}", "",
-          f"torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, {meta['time_utc']}; "
+          f"torch {meta['torch']}, triton {meta['triton']}, CUDA {meta['cuda']}, {meta['time']}; "
           f"{meta['tokens']} tokens per batch (B = {meta['tokens']}/T), H = {meta['heads']}, {meta['dtype']}, causal, "
           "per-head decay.",
           f"Command: `{meta['command']}`. {meta['timing']}; peak extra memory = {meta['peak_extra_mib']}.", ""]
@@ -222,17 +227,16 @@ def write_results(out, meta, rows, shapes, impls, tag="", final=False):
     if errs:
         md += ["## Missing / failed", ""] + [f"- {r['impl']} ({r['kind']} T={r['T']} D={r['D']}): {r['error']}"
                                                for r in errs] + [""]
-    (out / f"{stem}.md").write_text("\n".join(md))
+    stem = results_io.write(out, what(impls), meta, {"rows": rows}, md, tag, echo=final)
     if final:
-        print("\n".join(md))
-        print(f"wrote {out / stem}.json and .md")
+        print(f"wrote {stem}.json and .md")
 
 
 ROW_RE = re.compile(r"^\[(\w+)\] (\S+)\s+B=\s*(\d+) T=\s*(\d+) D=\s*(\d+): (.*)$")
 NUM_RE = re.compile(r"fwd ([\d.]+) ms\s+fwd\+bwd ([\d.]+) ms\s+peak \+(\d+) MiB")
 
 
-def render_log(log_path, meta, out, heads):
+def render_log(log_path, meta, out, heads, tag=""):
     """Rebuild the JSON + markdown from the per-row lines a run printed (for a run cut off before it wrote them)."""
     rows, shapes, impls = [], [], []
     for line in Path(log_path).read_text().splitlines():
@@ -251,7 +255,7 @@ def render_log(log_path, meta, out, heads):
             shapes.append((kind, int(T), int(D)))
         if name not in impls:
             impls.append(name)
-    write_results(out, meta, rows, shapes, impls, final=True)
+    write_results(out, meta, rows, shapes, impls, tag, final=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,143 @@
+"""The benchmark programs in benchmarks/: each one's --help from outside the repository (its default output folder
+is its topic's), results_io's names and run facts, the decode benchmark end to end on tiny models, and the rule
+that the library never imports a benchmark."""
+
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench_decode  # noqa: E402
+import results_io  # noqa: E402
+
+# program -> the topic folder its --out defaults to (None: it writes no result files)
+PROGRAMS = {"bench_train": "training", "bench_kernels": "kernels", "bench_decode": "decode",
+            "bench_la2_shapes": "kernels", "profile_la2": "kernels", "tune_la2": "kernels",
+            "saved_activations": "training", "sm90_resources": None}
+FACTS = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "x", "triton": "y", "command": "python benchmarks/z.py",
+         "time": "2026-12-06T22:10:33+00:00"}
+
+
+def test_every_program_is_listed():
+    programs = {p.stem for p in BENCH.glob("*.py")} - {"results_io", "bench_models"}
+    assert programs == set(PROGRAMS)
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_help_runs_outside_the_repository(program, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(BENCH / f"{program}.py"), "--help"], capture_output=True, text=True,
+                          timeout=180, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage:") and not any(tmp_path.iterdir())
+    topic = PROGRAMS[program]
+    if topic:
+        assert f"benchmarks/results/{topic}" in proc.stdout.replace("\n", " ")
+
+
+def test_short_gpu_names():
+    assert results_io.short_gpu("NVIDIA H100 80GB HBM3") == "H100"
+    assert results_io.short_gpu("NVIDIA H200") == "H200" and results_io.short_gpu("NVIDIA A100-SXM4-80GB") == "A100"
+    assert results_io.short_gpu("cpu") == "cpu" and results_io.short_gpu("") == "cpu"
+
+
+def test_topic_folders():
+    assert results_io.topic_dir("decode") == REPO / "benchmarks" / "results" / "decode"
+    assert results_io.TOPICS == ("kernels", "training", "decode", "scaling", "reproduction")
+    assert results_io.topic_dir("gpu_tests") == REPO / "benchmarks" / "results" / "gpu_tests"  # test logs
+    with pytest.raises(ValueError, match="topic must be one of"):
+        results_io.topic_dir("misc")
+
+
+def test_write_names_files_by_what_gpu_and_minute(tmp_path, capsys):
+    out = tmp_path / "kernels"
+
+    def plot(path):
+        path.write_bytes(b"\x89PNG fake")
+
+    stem = results_io.write(out, "la2_shapes", FACTS, {"rows": [{"T": 1}]}, ["# t", "| a |"], tag="fused", plot=plot)
+    assert stem == out / "la2_shapes_fused_H100_20261206T2210Z"
+    assert sorted(p.name for p in out.iterdir()) == [stem.name + s for s in (".json", ".md", ".png")]
+    assert json.loads(stem.with_suffix(".json").read_text()) == {"meta": FACTS, "rows": [{"T": 1}]}
+    assert stem.with_suffix(".md").read_text() == "# t\n| a |\n" and "| a |" in capsys.readouterr().out
+    # the same run writing again (after every row) rewrites its files; another run of that minute gets its own
+    again = results_io.write(out, "la2_shapes", FACTS, {"rows": [{"T": 1}, {"T": 2}]}, "# t2", tag="fused")
+    assert again == stem and len(json.loads(stem.with_suffix(".json").read_text())["rows"]) == 2
+    other = results_io.write(out, "la2_shapes", {**FACTS, "time": "2026-12-06T22:10:59+00:00"}, {}, "# o",
+                             tag="fused", echo=False)
+    assert other.name == stem.name + "_2" and stem.with_suffix(".md").read_text() == "# t2\n"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    with pytest.raises(ValueError, match="what was measured"):
+        results_io.write(out, "", FACTS, {}, "# x")
+
+
+def test_run_facts():
+    facts = results_io.run_facts("benchmarks/bench_x.py", ["--a", "1"], "cpu")
+    assert facts["command"] == "python benchmarks/bench_x.py --a 1" and facts["gpu"] == "cpu"
+    assert facts["torch"] == torch.__version__ and facts["transformers"]
+    when = dt.datetime.fromisoformat(facts["time"])
+    assert abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds()) < 60
+    assert facts["git_commit"] is None or re.fullmatch(r"[0-9a-f]{12}(-dirty)?", facts["git_commit"])
+    ks = facts["kernel_settings"]
+    assert {"backend", "la2_algo", "fused_loss"} <= set(ks) or set(ks) == {"env"}
+
+
+def test_kernel_settings_fall_back_to_the_environment(monkeypatch):
+    import tnl.ops
+
+    monkeypatch.setattr(tnl.ops, "settings", None, raising=False)
+    monkeypatch.setenv("TNL_LA2_ALGO", "chunk")
+    assert results_io.kernel_settings() == {"env": {"TNL_KERNEL_BACKEND": os.environ.get("TNL_KERNEL_BACKEND"),
+                                                    "TNL_LA2_ALGO": "chunk",
+                                                    "TNL_FUSED_CE": os.environ.get("TNL_FUSED_CE")}}
+
+
+def test_stem_command_for_shell_steps(tmp_path):
+    env = dict(os.environ, RESULTS=str(tmp_path / "res"))
+    cmd = [sys.executable, str(BENCH / "results_io.py"), "stem"]
+    proc = subprocess.run(cmd + ["scaling", "seqpar_tnl_1b_metrics"], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    path = Path(proc.stdout.strip())
+    assert path.parent == tmp_path / "res" / "scaling" and path.parent.is_dir()
+    assert re.fullmatch(r"seqpar_tnl_1b_metrics_[A-Za-z0-9]+_\d{8}T\d{4}Z", path.name)
+    bad = subprocess.run(cmd + ["misc", "x"], capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and "topic must be one of" in bad.stderr and not (tmp_path / "res" / "misc").exists()
+
+
+def test_decode_benchmark_runs_on_tiny_models():
+    result = bench_decode.run("tnl_tiny", "llama_tiny", contexts=[8, 40], batches=[2], steps=2, warmup=1,
+                              device="cpu", dtype=torch.float32, prefill_tokens=32, tnl_graph=True)
+    assert len(result["rows"]) == 6 and all(isinstance(r["ms_per_token"], float) for r in result["rows"])
+    md = bench_decode.markdown(result)
+    assert "| tnl_tiny | 2 |" in md and "| llama_tiny | 2 |" in md and "| tnl_tiny+cudagraph | 2 |" in md
+    assert len(result["checks"]) == 2  # flatness of both TNL variants (no 32K context here)
+
+
+def test_decode_benchmark_writes_its_topic_files(tmp_path):
+    argv = ["--tnl", "tnl_tiny", "--llama", "llama_tiny", "--contexts", "8", "--batches", "1", "--steps", "1",
+            "--warmup", "1", "--device", "cpu", "--dtype", "float32", "--out", str(tmp_path), "--tag", "t"]
+    assert bench_decode.main(argv) == 0
+    (js,) = tmp_path.glob("*.json")
+    assert re.fullmatch(r"decode_tnl_tiny_vs_llama_tiny_t_cpu_\d{8}T\d{4}Z\.json", js.name)
+    doc = json.loads(js.read_text())
+    assert doc["meta"]["command"] == "python benchmarks/bench_decode.py " + " ".join(argv)
+    assert [r["model"] for r in doc["rows"]] == ["tnl_tiny", "llama_tiny"] and js.with_suffix(".md").is_file()
+    assert bench_decode.main(argv[:1] + ["nope"] + argv[2:]) == 1  # an unknown model: one error, no files
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_the_library_never_imports_a_benchmark():
+    pattern = re.compile(r"^\s*(from|import)\s+(benchmarks|results_io|bench_\w+)\b", re.M)
+    offenders = [str(p.relative_to(REPO)) for p in (REPO / "tnl").rglob("*.py") if pattern.search(p.read_text())]
+    assert offenders == []
