@@ -8,7 +8,7 @@
     context_sweep(lm, val_stream(data_dir), [512, ..., 16384])  # length extrapolation (tnl.eval.extrapolation)
     figures / figures_eval / repro_results / reproduce: scripts/reproduce.py's tables, plots, result files
 
-Command lines: scripts/eval.py, scripts/compare_runs.py, scripts/reproduce.py (scripts/bench_train.py: throughput).
+Command lines: scripts/eval.py, scripts/compare_runs.py, scripts/reproduce.py (benchmarks/bench_train.py: throughput).
 """
 
 from tnl.eval.harness import evaluate_task, loglikelihoods

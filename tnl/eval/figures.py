@@ -1,6 +1,6 @@
 """The reproduction's figures and tables from result files: markdown text and PNG plots, no measuring.
 
-    md, data = speed_table(paths)            # training tokens/s against context (scripts/bench_train.py JSONs)
+    md, data = speed_table(paths)            # training tokens/s against context (benchmarks/bench_train.py JSONs)
     md, data = loss_table(results_dir)       # two seeds per model: final val loss, gap between models vs seed spread
     plot_speed(data, png) / plot_loss(data, png)
 (extrapolation and zero-shot tables: tnl.eval.figures_eval)
@@ -40,7 +40,7 @@ def speed_table(paths: list[Path]) -> tuple[str, dict]:
     for p in paths:
         doc = read_json(p)
         if "results" not in doc or "meta" not in doc:
-            raise EvalError(f"{p} is not a scripts/bench_train.py result (no 'meta' / 'results')")
+            raise EvalError(f"{p} is not a benchmarks/bench_train.py result (no 'meta' / 'results')")
         metas.append((p, doc["meta"]))
         for row in doc["results"]:
             by_model.setdefault(row["model"], {})[int(row["seq_len"])] = row
