@@ -300,7 +300,7 @@ def main(argv=None) -> int:
 
 def what(args) -> str:
     """speed_vs_length_<model>[_vs_<model>...] and the switches that change what was timed."""
-    flags = [f for f, on in (("gradckpt", args.grad_ckpt), ("compile", args.compile),
+    flags = [f for f, on in (("ckpt", args.grad_ckpt), ("compile", args.compile),
                              ("recompute", args.recompute_elementwise), ("profile", args.profile)) if on]
     return "_".join(["speed_vs_length", "_vs_".join(label(m) for m in args.models), *flags])
 

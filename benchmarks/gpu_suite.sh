@@ -33,8 +33,8 @@
 #       all groups at once; group i logs to $RESULTS/gpu<i>.log. A failed step is logged and the group goes on.
 #
 # Folders: tests, pytest -> gpu_tests (logs); kernels, tune, shapes, profile, ncu -> kernels; bench_train,
-# throughput, train -> training; decode -> decode; memory (the single-GPU input to docs/sequence_parallel.md's
-# memory model), scale, seqpar, scale_report -> scaling; repro, compare, reproduce, repro_seed -> reproduction.
+# throughput, memory, train -> training; decode -> decode; scale, seqpar, scale_report -> scaling; repro, compare,
+# reproduce, repro_seed -> reproduction.
 #
 # Environment: RESULTS (base of the topic folders), PYTHON, STEPS (train step count), REPRO_STEPS (repro_small step
 # count), TASK_LIMIT (documents per zero-shot task), TNL_DATA_ROOT / TNL_EVAL_ROOT (corpora and task files).
@@ -90,9 +90,9 @@ case $step in
   memory)
     # Single-GPU check of docs/sequence_parallel.md's memory model: one sequence per step (B = 1).
     "$PY" benchmarks/bench_train.py --models tnl_1b --seq-lens 8192,16384,32768 --tokens 1 --warmup 1 --steps 2 \
-      --out "$RESULTS/scaling" --tag memory
+      --out "$RESULTS/training" --tag memory
     "$PY" benchmarks/bench_train.py --models tnl_1b --seq-lens 16384,65536,131072 --tokens 1 --warmup 1 --steps 2 \
-      --grad-ckpt --out "$RESULTS/scaling" --tag memory ;;
+      --grad-ckpt --out "$RESULTS/training" --tag memory ;;
   train)
     # Equal tokens for both models; data=gutenberg needs TNL_DATA_ROOT (or data.root=) pointing at the corpora.
     for exp in tnl_385m_h100 llama_385m_h100; do
@@ -156,7 +156,7 @@ case $step in
     "$PY" scripts/scaling_report.py --out "$(stem scaling data_parallel_scaling)" "${specs[@]}" ;;
   compare)
     "$PY" scripts/compare_runs.py runs/repro_small_tnl runs/repro_small_llama \
-      --out "$(stem reproduction repro_small_loss_tnl_vs_llama)" ;;
+      --out "$(stem reproduction repro_small_tnl_vs_llama)" ;;
   reproduce)
     "$PY" scripts/reproduce.py "$@" --results "$RESULTS/reproduction" ;;
   repro_seed)
