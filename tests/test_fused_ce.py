@@ -18,7 +18,7 @@ if not torch.cuda.is_available():  # conftest does it too; this covers running t
 
 from numerics import rel_err
 from tnl import ops
-from tnl.ops import lm_head_loss
+from tnl.ops import linear_ce, lm_head_loss
 from tnl.ops import loss as tloss
 from tnl.ops import triton_backend as tb
 
@@ -304,8 +304,8 @@ def test_inside_torch_compile_is_one_custom_op(triton_backend, monkeypatch):
     whole function compiles without a graph break (fullgraph) through AOTAutograd, and gives the eager numbers."""
     h, w, t = make(2 * 25, 16, 300, torch.float32, seed=15, ignore=[3])
     calls, compiled = [], [True]
-    real, real_apply = tloss.fused_forward, tloss._FusedLinearCE.apply
-    monkeypatch.setattr(tloss, "fused_forward", lambda *a: calls.append(1) or real(*a))
+    real, real_apply = linear_ce.fused_forward, tloss._FusedLinearCE.apply
+    monkeypatch.setattr(linear_ce, "fused_forward", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(tloss._FusedLinearCE, "apply",
                         lambda *a: pytest.fail("autograd Function under compile") if compiled[0] else real_apply(*a))
 

@@ -6,6 +6,7 @@
     sequence_parallel  lightning_attn_sp and the sharding helpers (one sequence over the ranks of a group)
     settings           configure / settings / using / backend: the process-wide kernel settings a run's config sets
     triton_backend     the one door into `tnl_kernels` (lazy import, Triton's interpreter on CPU tensors)
+    linear_ce          the fused loss's arithmetic, shared by its autograd Function and its custom op
     custom_ops         what torch.compile sees of the LA2 op and the fused loss
     validate           the argument checks
 

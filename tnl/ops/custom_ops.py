@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from tnl import reference
-from tnl.ops import settings, triton_backend
+from tnl.ops import linear_ce, settings, triton_backend
 
 NAMESPACE = "tnl" if __name__ == "tnl.ops.custom_ops" else "tnl_" + re.sub(r"\W", "_", __name__)
 
@@ -157,20 +157,16 @@ def lightning_attn(q, k, v, slope, initial_state, output_final_state, cu_seqlens
 @torch.library.custom_op(f"{NAMESPACE}::fused_linear_ce", mutates_args=())
 def _fused_ce(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int, cdtype: torch.dtype,
               need_hidden: bool, need_weight: bool) -> tuple[Tensor, Tensor, Tensor]:
-    from tnl.ops import loss as tloss  # at call time: tnl.ops.loss imports this module
-
-    kernel = tloss.ce_kernel(hidden.device)
-    loss, dh, dw = tloss.fused_forward(hidden, weight, targets, chunk_size, cdtype, kernel, need_hidden,
+    kernel = linear_ce.ce_kernel(hidden.device)
+    loss, dh, dw = linear_ce.fused_forward(hidden, weight, targets, chunk_size, cdtype, kernel, need_hidden,
                                        need_weight)
     return loss, (dh if need_hidden else _empty(hidden)), (dw if need_weight else _empty(hidden))
 
 
 @_fused_ce.register_fake
 def _fused_ce_fake(hidden, weight, targets, chunk_size, cdtype, need_hidden, need_weight):
-    from tnl.ops.loss import kept_dtype
-
-    dh = hidden.new_empty(hidden.shape, dtype=kept_dtype(hidden.dtype)) if need_hidden else _empty(hidden)
-    dw = weight.new_empty(weight.shape, dtype=kept_dtype(weight.dtype)) if need_weight else _empty(hidden)
+    dh = hidden.new_empty(hidden.shape, dtype=linear_ce.kept_dtype(hidden.dtype)) if need_hidden else _empty(hidden)
+    dw = weight.new_empty(weight.shape, dtype=linear_ce.kept_dtype(weight.dtype)) if need_weight else _empty(hidden)
     return hidden.new_empty((), dtype=torch.float32), dh, dw
 
 
@@ -182,10 +178,9 @@ def _fused_ce_setup(ctx, inputs, output):
 
 
 def _fused_ce_backward(ctx, grad_loss, _grad_dh, _grad_dw):
-    from tnl.ops.loss import scale_saved_grads
-
     dh, dw = ctx.saved_tensors
-    gh, gw = scale_saved_grads(dh if ctx.need[0] else None, dw if ctx.need[1] else None, grad_loss, ctx.dtypes)
+    gh, gw = linear_ce.scale_saved_grads(dh if ctx.need[0] else None, dw if ctx.need[1] else None, grad_loss,
+                                         ctx.dtypes)
     return gh, gw, None, None, None, None, None
 
 
