@@ -56,3 +56,18 @@ def test_shape_bench_variants():
     # one JSON variant holding commas parses (then the script stops: no CUDA here)
     both = 'x={"fwd": {"ALGO": "fused"}, "bwd": {"ALGO": "fused"}}'
     assert bench_la2_shapes.main(["--shapes", "1x64x1x16x16", "--algos", both]) == 1
+
+
+def test_tune_log_summarises_each_shape():
+    """The tuning log's table: per shape the best forward / forward+backward time and the config kept (or why not)."""
+    log = [{"key": "bfloat16/D128/E128/few", "T": 65536, "B": 1, "cfg": {}, "backward": False, "ms": 2.0},
+           {"key": "bfloat16/D128/E128/few", "T": 65536, "B": 1, "cfg": {}, "backward": False, "ms": 1.5},
+           {"key": "bfloat16/D128/E128/few", "T": 65536, "B": 1, "cfg": {}, "backward": True, "ms": 4.25},
+           {"key": "bfloat16/D128/E128/mid", "T": 16384, "B": 4, "cfg": {}, "backward": True, "ms": 3.0}]
+    kept = [{"key": "bfloat16/D128/E128/few", "T": 65536, "best": {"fwd": {"ALGO": "fused"}}},
+            {"key": "bfloat16/D128/E128/mid", "T": 16384, "best": None}]
+    facts = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "t", "triton": "r", "command": "python benchmarks/tune_la2.py"}
+    lines = tune_la2.log_markdown(facts, Path("la2_tuned.json"), kept, log)
+    assert lines[0] == "# LA2 block-size tuning (NVIDIA H100 80GB HBM3)" and "4 timings" in lines[2]
+    assert '| bfloat16/D128/E128/few T=65536 | 1.500 | 4.250 | `{"fwd": {"ALGO": "fused"}}` |' in lines
+    assert "| bfloat16/D128/E128/mid T=16384 | - | 3.000 | no (disagreed with the heuristic) |" in lines
