@@ -149,7 +149,7 @@ def heuristic_fused(D: int, E: int, dtype: torch.dtype, nh: int) -> dict:
     fwd_walk = walk
     bwd_walk = walk
     if dtype != torch.float32 and big == 128:
-        # tuned on an H100 in every shape class (results/tune_la2_*): a 64-wide value tile with 4 warps, forward
+        # tuned on an H100 in every shape class (results/kernels/tune_la2_*): a 64-wide value tile with 4 warps, forward
         # (0.47-0.75 vs 0.64-0.90 ms) and backward (fwd+bwd 1.87-2.36 vs 2.04-2.52 ms: two programs per SM, where
         # ncu found the 8-warp walks at one, 255 registers and spilling), 3 stages backward
         fwd_walk = bwd_walk = dict(walk, BV=64, warps=4)
