@@ -2,19 +2,33 @@
 
 configs/config.yaml and its groups are composed by Hydra's compose API (no chdir, no outputs/ folder, no .hydra/)
 on top of the dataclasses below (registered as the schema `tnl_schema`), so a misspelt key or a value of the wrong
-type fails with one line naming it. The defaults of every knob live here, once. The `model` and `data` groups are
-open mappings: their keys belong to tnl.models and tnl.data, which check them.
+type fails with one line naming it. The defaults of every knob live here, once, and the yaml files set only what
+differs. The `model` group's schema is derived from tnl.models' ModelArgs (which owns those defaults); the `data`
+group is an open mapping whose keys belong to tnl.data, which checks them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from tnl.models.config import ModelArgs
 from tnl.paths import default_config_dir
+
+FUSED_LOSS = ("auto", "on", "off")
+KERNEL_BACKENDS = ("auto", "triton", "torch")
+LA2_ALGOS = ("auto", "chunk", "fused")
 
 
 class ConfigError(ValueError):
@@ -42,6 +56,16 @@ class TrainerConfig:
     deterministic: bool = False  # torch deterministic algorithms on CUDA too (slower); always on on CPU
     compile: Optional[str] = None  # torch.compile backend for each block ("inductor" fuses the elementwise ops
     # around the matmuls; the LA2 and loss kernels stay outside the graphs); null: eager. Not with ZeRO-3.
+    fused_loss: str = "auto"  # the fused LM-head linear + cross-entropy kernel: auto (where the Triton backend runs
+    # the step; off under ZeRO-3) | on | off (the chunked torch loss)
+
+
+@dataclass
+class KernelsConfig:
+    """tnl.ops settings, applied once at start-up (tnl.ops.configure)."""
+
+    backend: str = "auto"  # auto (Triton on CUDA tensors, torch on CPU) | triton (on CPU: the interpreter) | torch
+    la2_algo: str = "auto"  # LA2 algorithm for every phase: auto (the measured default per shape) | chunk | fused
 
 
 @dataclass
@@ -86,15 +110,37 @@ class ParallelConfig:
     sequence: int = 1  # ranks per sequence-parallel group (TNL only); data parallel over world_size / sequence
 
 
+def _model_schema() -> type:
+    """A structured config with ModelArgs' fields and defaults (the architecture keys have none: `???` until a
+    model yaml sets them), so `model.gradient_checkpointing=true` works with any model yaml and a misspelt model key
+    fails at composition."""
+    hints = typing.get_type_hints(ModelArgs)
+    specs = []
+    for f in dataclasses.fields(ModelArgs):
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # `int | None` -> Optional[int]
+            tp = Optional[next(a for a in typing.get_args(tp) if a is not type(None))]
+        if typing.get_origin(tp) is tuple:  # yaml lists
+            tp, default = list[typing.get_args(tp)[0]], field(default_factory=lambda d=f.default: list(d))
+        else:
+            default = field(default=MISSING if f.default is dataclasses.MISSING else f.default)
+        specs.append((f.name, tp, default))
+    return dataclasses.make_dataclass("ModelConfig", specs)
+
+
+ModelConfig = _model_schema()
+
+
 @dataclass
 class RootConfig:
-    model: dict[str, Any] = field(default_factory=dict)
+    model: Any = field(default_factory=ModelConfig)
     data: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
     seed: int = 1234
     run_dir: str = "runs/default"
 
@@ -113,18 +159,11 @@ SCHEMA_NAME = "tnl_schema"  # configs/config.yaml lists it first in its defaults
 
 def register_schema() -> None:
     """Make RootConfig known to Hydra, so overrides of any schema key (even one no yaml sets) are accepted."""
-    from hydra.core.config_store import ConfigStore
-
     ConfigStore.instance().store(name=SCHEMA_NAME, node=RootConfig)
 
 
 def compose(overrides: list[str], config_dir: Path | str | None = None) -> DictConfig:
     """Compose configs/config.yaml with command-line overrides, validate, resolve; raise ConfigError on bad input."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     config_dir = Path(config_dir or default_config_dir()).resolve()
     if not (config_dir / "config.yaml").is_file():
         raise ConfigError(f"no config.yaml in {config_dir} (set TNL_CONFIG_DIR to the project's configs/ folder)")
@@ -175,8 +214,15 @@ def check(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.compile must be null, inductor, eager, aot_eager or cudagraphs, got {t.compile!r}")
     if t.progress not in ("auto", "bar", "log"):
         raise ConfigError(f"trainer.progress must be auto, bar or log, got {t.progress!r}")
-    if "arch" not in cfg.model:
-        raise ConfigError("the model group has no 'arch' key: pick one with model=<name> (configs/model/)")
+    unset = sorted(OmegaConf.missing_keys(cfg.model))
+    if unset:
+        raise ConfigError(f"the model group leaves {', '.join(unset)} unset: pick a model with model=<name> "
+                          "(configs/model/) or set them")
+    choices = {"trainer.fused_loss": (t.fused_loss, FUSED_LOSS), "kernels.backend": (cfg.kernels.backend,
+               KERNEL_BACKENDS), "kernels.la2_algo": (cfg.kernels.la2_algo, LA2_ALGOS)}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
     if cfg.parallel.sequence < 1:
         raise ConfigError(f"parallel.sequence must be >= 1, got {cfg.parallel.sequence}")
     if cfg.parallel.sequence > 1 and cfg.model.arch != "tnl":
