@@ -119,6 +119,7 @@ def test_checkpoints_are_never_partial_under_a_step_name(tmp_path, caplog):
     """A save that dies mid-write leaves only a .tmp_ folder; deletions (keep_last, re-saving a step) rename first;
     the next start removes the leftovers, one line each; a published checkpoint damaged afterwards is refused in one
     line that says how to fall back to the previous one."""
+    from tnl import checkpoint_format
     from tnl.train import checkpoint
 
     ckpt = tmp_path / "checkpoints"
@@ -136,8 +137,8 @@ def test_checkpoints_are_never_partial_under_a_step_name(tmp_path, caplog):
         save(4, fault_hook=die)
     (ckpt / ".tmp_old_step_00000001").mkdir()  # a deletion cut short (its meta.json still there)
     (ckpt / ".tmp_old_step_00000001" / "meta.json").write_text("{}")
-    assert checkpoint.complete_tags(ckpt) == ["step_00000002", "step_00000003"]
-    assert checkpoint.latest_tag(ckpt) == "step_00000003"
+    assert checkpoint_format.complete_tags(ckpt) == ["step_00000002", "step_00000003"]
+    assert checkpoint_format.latest_tag(ckpt) == "step_00000003"
     with caplog.at_level("WARNING", logger="tnl.train"):
         checkpoint.clean_partial(ckpt)
     assert caplog.text.count("never finished") == 2 and not list(ckpt.glob(".tmp_*"))
@@ -152,7 +153,7 @@ def test_checkpoints_are_never_partial_under_a_step_name(tmp_path, caplog):
     assert f"move it out of {ckpt} to resume from the previous one" in message
     (ckpt / "step_00000003").rename(tmp_path / "moved_out")
     with caplog.at_level("WARNING", logger="tnl.train"):
-        assert checkpoint.latest_tag(ckpt) == "step_00000002"
+        assert checkpoint_format.latest_tag(ckpt) == "step_00000002"
     assert "names 'step_00000003', which is not a complete checkpoint: using step_00000002" in caplog.text
     assert checkpoint.load(engine, ckpt, "step_00000002", 0) == {"step": 2}
 

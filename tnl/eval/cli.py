@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tnl.checkpoint_format import latest_meta
 from tnl.eval.lm import EvalError, EvalLM, load_hf, load_run, same_tokenizer
 
 log = logging.getLogger("tnl.eval")
@@ -201,10 +202,7 @@ def _context_sweep(args, lm: EvalLM, run_cfg: dict, contexts: list[int]) -> dict
 
 
 def _checkpoint_data_dir(run_dir: Path) -> str | None:
-    from tnl.train import checkpoint
-
-    tag = checkpoint.latest_tag(run_dir / "checkpoints")
-    return checkpoint.read_meta(run_dir / "checkpoints", tag).get("data_dir") if tag else None
+    return latest_meta(run_dir / "checkpoints").get("data_dir")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@
     lm.tokenizer.encode(text) / lm.eos_id  # the tokenizer the model was trained with
 
 The checkpoint path builds `tnl.models.build_model(meta["model"])` and loads the consolidated fp32 weights through
-tnl.train.checkpoint; the HF path uses AutoModelForCausalLM (trust_remote_code). Both must give the same numbers:
+tnl.checkpoint_format; the HF path uses AutoModelForCausalLM (trust_remote_code). Both must give the same numbers:
 tests/test_eval.py checks it.
 """
 
@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tnl.checkpoint_format import CheckpointError, load_model
 
 log = logging.getLogger("tnl.eval")
 
@@ -140,43 +141,18 @@ def load_hf(hf_dir: str | Path, device: str | None = None, dtype: str | None = N
     return EvalLM(model, "hf", dev, dt, tokenizer, eos, info, tok_json if tok_json.is_file() else None)
 
 
-def _tied_names(model: torch.nn.Module) -> set[str]:
-    """State-dict names that alias an earlier parameter (tied embeddings); a consolidated dict may omit them."""
-    seen, tied = set(), set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            tied.add(name)
-        seen.add(id(p))
-    return tied
-
-
 def load_checkpoint(run_dir: str | Path, tag: str | None = None, device: str | None = None,
                     dtype: str | None = None) -> EvalLM:
     """The latest (or `tag`) complete DeepSpeed checkpoint of a run, as a tnl.models training model."""
     from tnl.data import load_tokenizer
-    from tnl.models import build_model
-    from tnl.train import checkpoint
 
     ckpt_dir = Path(run_dir) / "checkpoints"
-    tag = tag or checkpoint.latest_tag(ckpt_dir)
-    if tag is None:
-        raise EvalError(f"no complete checkpoint in {ckpt_dir}")
-    if not (ckpt_dir / tag / "meta.json").is_file():
-        raise EvalError(f"{ckpt_dir / tag} is not a complete checkpoint (no meta.json)")
     try:
-        meta = checkpoint.read_meta(ckpt_dir, tag)
-        state = checkpoint.model_state_dict(ckpt_dir, tag)
-    except (checkpoint.CheckpointError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise EvalError(f"cannot read checkpoint {ckpt_dir / tag}: {str(err).splitlines()[0] if str(err) else err!r}"
-                        ) from None
+        model, meta, tag = load_model(ckpt_dir, tag)
+    except CheckpointError as err:
+        raise EvalError(str(err)) from None
     dev, dt = resolve_device(device, dtype)
-    model = build_model(meta["model"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in _tied_names(model)]
-    if missing or unexpected:
-        raise EvalError(f"{ckpt_dir / tag} does not match its model config: missing {missing[:5]}, "
-                        f"unexpected {unexpected[:5]}")
-    model.to(dev).eval()
+    model.to(dev)
     tokenizer, tok_json, data_dir = None, None, meta.get("data_dir")
     if data_dir and Path(data_dir).is_dir():
         tokenizer = load_tokenizer(data_dir)

@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from tnl.checkpoint_format import latest_meta
 from tnl.eval.lm import EvalError
 from tnl.eval.repro_results import MODELS, short_gpu, stem_for
 
@@ -181,10 +182,8 @@ def _config(run_dir: Path) -> dict:
 def _data_facts(run_dir: Path) -> dict:
     """The prepared data the run read: its dir, the tokenizer's sha256, the input file names and token counts."""
     from tnl.data import read_manifest
-    from tnl.train import checkpoint
 
-    tag = checkpoint.latest_tag(run_dir / "checkpoints")
-    data_dir = checkpoint.read_meta(run_dir / "checkpoints", tag).get("data_dir") if tag else None
+    data_dir = latest_meta(run_dir / "checkpoints").get("data_dir")
     manifest = read_manifest(data_dir) if data_dir else None
     if not manifest:
         return {"data_dir": data_dir}

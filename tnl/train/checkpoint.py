@@ -1,14 +1,9 @@
-"""Checkpoints: DeepSpeed engine state + per-rank loader/RNG/trainer state, published atomically, keep-last-k.
+"""Writing checkpoints: DeepSpeed engine state + per-rank loader/RNG/trainer state, published atomically, keep-last-k.
 
-Layout under run_dir/checkpoints/:
-    step_00000100/          one complete checkpoint (DeepSpeed files, trainer_rank<r>.pt, meta.json)
-    latest                  the tag of the newest complete checkpoint (written last, by rename)
-    .tmp_step_00000200/     a checkpoint being written; never resumed from, removed on the next start
-    .tmp_old_step_00000100/ a checkpoint being deleted (pruned or replaced); removed on the next start
-
-A checkpoint directory only gets its final name after every rank has written its files and they are on disk, and
-loses it (by rename) before anything in it is deleted, so a process killed at any moment leaves at most .tmp_
-directories: nothing named step_* is ever partial, and resuming uses the newest complete checkpoint.
+The layout is tnl.checkpoint_format's (which also reads checkpoints, for export and evaluation). A checkpoint
+directory only gets its final name after every rank has written its files and they are on disk, and loses it (by
+rename) before anything in it is deleted, so a process killed at any moment leaves at most .tmp_ directories:
+nothing named step_* is ever partial, and resuming uses the newest complete checkpoint.
 """
 
 from __future__ import annotations
@@ -20,23 +15,15 @@ import pickle
 import random
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from tnl.checkpoint_format import META, TMP_PREFIX, CheckpointError, complete_tags, tag_for
+from tnl.models.config import ModelArgs
 from tnl.train import dist
 
 log = logging.getLogger("tnl.train")
-TMP_PREFIX = ".tmp_"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed here (different model, world size, ZeRO stage; corrupt files)."""
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
 
 
 def rng_state() -> dict:
@@ -96,33 +83,6 @@ def _write_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def complete_tags(ckpt_dir: Path) -> list[str]:
-    """Published checkpoint tags, oldest first."""
-    if not ckpt_dir.is_dir():
-        return []
-    return sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_")
-                  and (p / "meta.json").is_file())
-
-
-def latest_tag(ckpt_dir: Path) -> str | None:
-    """The tag named by `latest` when it is complete, else the newest complete one, else None."""
-    pointer = ckpt_dir / "latest"
-    named = pointer.read_text().strip() if pointer.is_file() else None
-    if named and (ckpt_dir / named / "meta.json").is_file():
-        return named
-    tags = complete_tags(ckpt_dir)
-    if named and tags and dist.env().is_main:
-        log.warning("%s names %r, which is not a complete checkpoint: using %s", pointer, named, tags[-1])
-    return tags[-1] if tags else None
-
-
-def read_meta(ckpt_dir: Path, tag: str) -> dict:
-    try:
-        return json.loads((ckpt_dir / tag / "meta.json").read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {ckpt_dir / tag} has an unreadable meta.json: {err}") from None
-
-
 def clean_partial(ckpt_dir: Path) -> None:
     """Remove, with one line each, the directories left by a save or a deletion that never finished (rank 0 only;
     they are never resumed from)."""
@@ -133,9 +93,17 @@ def clean_partial(ckpt_dir: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def _with_defaults(model_cfg: dict) -> dict:
+    try:
+        return ModelArgs.from_mapping(model_cfg).to_dict()
+    except (TypeError, ValueError):  # not a complete model config: compare it as it is
+        return dict(model_cfg)
+
+
 def check_compatible(meta: dict, model_cfg: dict, world_size: int, stage: int, where: Path) -> None:
-    """Refuse, with the differing keys named, a checkpoint written for another model or layout."""
-    old = meta.get("model", {})
+    """Refuse, with the differing keys named, a checkpoint written for another model or layout. Model configs are
+    compared with their defaults filled in, so a key left out on one side equals its default on the other."""
+    old, model_cfg = _with_defaults(meta.get("model", {})), _with_defaults(model_cfg)
     diff = sorted(k for k in set(old) | set(model_cfg)
                   if k != "gradient_checkpointing" and old.get(k) != model_cfg.get(k))
     if diff:
@@ -166,7 +134,7 @@ def save(engine, ckpt_dir: Path, step: int, rank_state: dict, meta: dict, keep_l
     dist.barrier()
     if rank == 0:
         _fsync_tree(ckpt_dir / tmp_tag)  # every rank's files, before meta.json declares them complete
-        _write_atomic(ckpt_dir / tmp_tag / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+        _write_atomic(ckpt_dir / tmp_tag / META, json.dumps(meta, indent=1, sort_keys=True))
         final = ckpt_dir / tag
         if final.exists():  # re-saving a step (e.g. the final one): replace it
             _discard(final)
@@ -203,45 +171,3 @@ def load(engine, ckpt_dir: Path, tag: str, rank: int) -> dict:
         return torch.load(where / f"trainer_rank{rank}.pt", map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise damaged(err) from None
-
-
-def model_state_dict(ckpt_dir: Path, tag: str) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of a checkpoint, consolidated from ZeRO partitions when needed (for the HF export)."""
-    folder = ckpt_dir / tag
-    if any(folder.glob("*optim_states.pt")) and any(folder.glob("*zero_pp_rank_*")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
-    else:
-        files = sorted(folder.glob("mp_rank_*_model_states.pt"))
-        if not files:
-            raise CheckpointError(f"no DeepSpeed model states in {folder}")
-        states = torch.load(files[0], map_location="cpu", weights_only=False)
-        sd = dict(states["module"])
-        sd.update(_fp32_masters(states.get("optimizer"), read_meta(ckpt_dir, tag)))
-    if sd and all(k.startswith("model.") for k in sd):  # saved through the ZeRO-3 LossOnly wrapper
-        sd = {k[len("model."):]: v for k, v in sd.items()}
-    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-
-
-def _fp32_masters(optimizer_state: Any, meta: dict) -> dict[str, torch.Tensor]:
-    """ZeRO-0 with bf16/fp16 rounds the module weights; its optimizer keeps fp32 masters, group by group in the order
-    tnl.train.optim.param_groups gave them. Map them back to names (model rebuilt on the meta device)."""
-    groups = optimizer_state.get("fp32_groups") if isinstance(optimizer_state, dict) else None
-    if not groups or "model" not in meta:
-        return {}
-    from tnl.models import build_model
-    from tnl.train.optim import param_groups
-
-    model = build_model(meta["model"], device="meta")
-    names = {id(p): n for n, p in model.named_parameters()}
-    ours = [[names[id(p)] for p in g["params"]] for g in param_groups(model.named_parameters(), 1.0)]
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    if [len(g) for g in groups] != [len(g) for g in ours] or any(
-            tuple(t.shape) != shapes[n] for gn, gt in zip(ours, groups) for n, t in zip(gn, gt)):
-        return {}  # written by other code: keep the module weights
-    return {n: t for gn, gt in zip(ours, groups) for n, t in zip(gn, gt)}
-
-
-def info(ckpt_dir: Path, tag: str) -> dict[str, Any]:
-    return read_meta(ckpt_dir, tag)

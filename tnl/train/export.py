@@ -6,35 +6,22 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 
-from tnl.train import checkpoint
+import tnl.data
+import tnl.hf
+from tnl.checkpoint_format import CheckpointError, load_model
+from tnl.hf.card import CardInfo
 
 log = logging.getLogger("tnl.train")
 
 
 def export_run(run_dir: str | Path, tag: str | None = None, out_dir: str | Path | None = None) -> Path:
     """Write run_dir/hf (or out_dir) from the latest (or the given) checkpoint of run_dir; returns the folder."""
-    import tnl.data
-    import tnl.hf
-    from tnl.models import build_model
-
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    tag = tag or checkpoint.latest_tag(ckpt_dir)
-    if tag is None:
-        raise checkpoint.CheckpointError(f"no complete checkpoint in {ckpt_dir}")
-    if not (ckpt_dir / tag / "meta.json").is_file():
-        raise checkpoint.CheckpointError(f"{ckpt_dir / tag} is not a complete checkpoint")
-    meta = checkpoint.read_meta(ckpt_dir, tag)
-    state = checkpoint.model_state_dict(ckpt_dir, tag)
-    model = build_model(meta["model"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in _tied_names(model)]
-    if missing or unexpected:
-        raise checkpoint.CheckpointError(f"{ckpt_dir / tag} does not match its model config: missing {missing[:5]}, "
-                                         f"unexpected {unexpected[:5]}")
-    model.eval()
+    model, meta, tag = load_model(ckpt_dir, tag)
     out = Path(out_dir) if out_dir is not None else run_dir / "hf"
     tok_dir = None
     data_dir = meta.get("data_dir")
@@ -62,9 +49,6 @@ def _source_label(desc: dict) -> str:
 
 def card_info(run_dir: Path, meta: dict):
     """The model card facts of a run's checkpoint: step, tokens, its data manifest, its last validation loss."""
-    import tnl.data
-    from tnl.hf.card import CardInfo
-
     info = CardInfo(name=Path(run_dir).resolve().name, step=meta.get("step"), tokens=meta.get("tokens"))
     manifest = tnl.data.read_manifest(meta["data_dir"]) if meta.get("data_dir") else None
     if manifest:
@@ -90,21 +74,8 @@ def card_info(run_dir: Path, meta: dict):
     return info
 
 
-def _tied_names(model) -> set[str]:
-    """State-dict names that alias another parameter (tied embeddings), which a consolidated dict may omit."""
-    seen, tied = {}, set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            tied.add(name)
-        else:
-            seen[id(p)] = name
-    return tied
-
-
 def cli(argv: list[str]) -> int:
     """scripts/export_hf.py: run_dir=... [tag=...] [out_dir=...]; errors become one line on stderr."""
-    import sys
-
     args = {}
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -118,7 +89,7 @@ def cli(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     try:
         out = export_run(args["run_dir"], args.get("tag"), args.get("out_dir"))
-    except (checkpoint.CheckpointError, ValueError, OSError) as err:
+    except (CheckpointError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(out)

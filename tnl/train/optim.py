@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-PEAK_PRECISIONS = ("bf16", "fp16", "fp32")
-
-
-def no_decay(name: str, param: torch.Tensor) -> bool:
-    """Norm weights, biases (ndim < 2), embeddings and LRPE theta are not decayed."""
-    return param.ndim < 2 or "embed" in name or "theta" in name
-
-
-def param_groups(named_params: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
-    decay, keep = [], []
-    for name, p in named_params:
-        if p.requires_grad:
-            (keep if no_decay(name, p) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+from tnl.checkpoint_format import param_groups  # the group order is part of the checkpoint format
 
 
 def build_optimizer(model: torch.nn.Module, optim_cfg: Any, device_type: str, cpu_offload: bool):
@@ -30,6 +15,7 @@ def build_optimizer(model: torch.nn.Module, optim_cfg: Any, device_type: str, cp
     groups = param_groups(model.named_parameters(), optim_cfg.weight_decay)
     kw = dict(lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
     if cpu_offload and device_type == "cuda":
+        # DeepSpeed's CPU Adam only where ZeRO offloads the optimizer (it JIT-builds an extension on import)
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         from deepspeed.ops.op_builder import CPUAdamBuilder
 
