@@ -21,14 +21,14 @@ def main(argv: list[str]) -> int:
     if len(steps) != 1:
         print(f"error: give {FLAG}N once", file=sys.stderr)
         return 2
-    save = engine.Session.save
+    save = engine.TrainingRun.save
 
     def save_then_die(self, trainer, fault_hook=None):
         if self.env.is_main and trainer.state.step == steps[0]:
             fault_hook = lambda: os.kill(os.getpid(), signal.SIGKILL)
         return save(self, trainer, fault_hook=fault_hook)
 
-    engine.Session.save = save_then_die  # read when the session binds on_save
+    engine.TrainingRun.save = save_then_die  # read when the run binds on_save
     return cli([a for a in argv if not a.startswith(FLAG)])
 
 

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from procs import repo_env
 from torch import nn
 
+from tnl import checkpoint_format
+from tnl.checkpoint_format import no_decay, param_groups
 from tnl.train import checkpoint, dist
 from tnl.train.config import ConfigError, compose
 from tnl.train.metrics import PEAK_FLOPS_BF16, mfu, peak_flops, truncate_after
-from tnl.train.optim import WarmupCosine, deepspeed_config, no_decay, param_groups
+from tnl.train.optim import WarmupCosine, deepspeed_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,15 +141,15 @@ def test_mfu_and_peak_table():
 # -- checkpoint bookkeeping -----------------------------------------------------------------------------------------
 def test_latest_tag_ignores_partial_and_falls_back(tmp_path):
     for step in (2, 4):
-        (tmp_path / checkpoint.tag_for(step)).mkdir()
-        (tmp_path / checkpoint.tag_for(step) / "meta.json").write_text("{}")
-    (tmp_path / checkpoint.tag_for(6)).mkdir()  # no meta.json: incomplete
+        (tmp_path / checkpoint_format.tag_for(step)).mkdir()
+        (tmp_path / checkpoint_format.tag_for(step) / "meta.json").write_text("{}")
+    (tmp_path / checkpoint_format.tag_for(6)).mkdir()  # no meta.json: incomplete
     (tmp_path / ".tmp_step_00000008").mkdir()
-    assert checkpoint.latest_tag(tmp_path) == "step_00000004"
+    assert checkpoint_format.latest_tag(tmp_path) == "step_00000004"
     (tmp_path / "latest").write_text("step_00000002")
-    assert checkpoint.latest_tag(tmp_path) == "step_00000002"
+    assert checkpoint_format.latest_tag(tmp_path) == "step_00000002"
     (tmp_path / "latest").write_text("step_00000006")  # pointer to an incomplete dir: newest complete instead
-    assert checkpoint.latest_tag(tmp_path) == "step_00000004"
+    assert checkpoint_format.latest_tag(tmp_path) == "step_00000004"
     checkpoint.clean_partial(tmp_path)
     assert not (tmp_path / ".tmp_step_00000008").exists()
 
@@ -249,7 +251,7 @@ def make_trainer(stage: int, max_bad: int = 3):
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg, 1, "fp32"),
                                       dist_init_required=False)
     trainer = Trainer(engine=engine, gate=gate, schedule=WarmupCosine(1e-2, 0, 20, 0.1), train_loader=FakeLoader(),
-                      make_val_loader=None, cfg=cfg, device=torch.device("cpu"), world_size=1,
+                      make_val_loader=None, cfg=cfg.trainer, device=torch.device("cpu"), world_size=1,
                       flops_per_token=1.0, peak_flops=None)
     return trainer, model
 

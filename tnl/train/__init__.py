@@ -5,8 +5,11 @@
     optim.py       AdamW + weight-decay split, warmup/cosine LR, the generated DeepSpeed config
     trainer.py     the loop: train_step (skip non-finite steps), evaluate, fit with callbacks
     metrics.py     tokens/s, MFU (peak FLOP/s table), metrics.jsonl, console, wandb, tensorboard
-    checkpoint.py  atomic DeepSpeed checkpoints + loader/RNG state, keep-last-k, resume checks
-    engine.py      one session: model, optimizer, engine, loaders, resume, save
-    run.py         main(cfg) and the CLI (dry run, data preparation on first use, export at the end)
+    checkpoint.py  writing atomic DeepSpeed checkpoints + loader/RNG state, keep-last-k, resume checks (the format
+                   and the readers: tnl.checkpoint_format)
+    seeding.py     seeds and deterministic algorithms
+    errors.py      SetupError, the one error of inputs found before training starts
+    engine.py      TrainingRun: model, optimizer, engine, loaders, resume, save
+    run.py         main(cfg) and the CLI (dry run, kernel settings, data preparation on first use, export at the end)
     export.py      a run's checkpoint -> Hugging Face directory (scripts/export_hf.py)
 """

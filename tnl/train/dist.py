@@ -58,15 +58,18 @@ def _free_port() -> int:
 
 def init(device_type: str) -> DistEnv:
     """Start the process group through DeepSpeed (NCCL on CUDA, gloo on CPU) and pin this rank's device."""
-    import deepspeed
+    import deepspeed  # function-level: run.py imports this module on the dry-run path, which needs no DeepSpeed
 
     e = env()
     if e.world_size == 1:
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        # a run without a launcher: DeepSpeed's process-group start reads the launcher's variables
+        single = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                  "MASTER_PORT": str(_free_port())}
+        added = {k: v for k, v in single.items() if k not in os.environ}
+        os.environ.update(added)
+        if added:
+            log.info("one process, no launcher: set %s for DeepSpeed's process group",
+                     " ".join(f"{k}={v}" for k, v in added.items()))
     if device_type == "cuda":
         torch.cuda.set_device(e.local_rank)
     if not torch.distributed.is_initialized():
@@ -89,7 +92,7 @@ def skip_shm_op() -> None:
     (DeepSpeed's tensor-parallel inference): training reduces through the process group (gloo) either way, so the
     op is declared incompatible and DeepSpeed goes without it: no build, no lock, and none of the /dev/shm buffers
     (~69 MB per rank, never unlinked) the op maps."""
-    from deepspeed.accelerator import get_accelerator
+    from deepspeed.accelerator import get_accelerator  # function-level: see init()
 
     builder = get_accelerator().get_op_builder("ShareMemCommBuilder")
     if builder is not None:

@@ -1,7 +1,8 @@
-"""One training session: model + AdamW + DeepSpeed engine + loaders + resume, wired to the Trainer loop."""
+"""One training run in this process: model + AdamW + DeepSpeed engine + loaders + resume, wired to the Trainer loop."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,16 @@ from omegaconf import DictConfig, OmegaConf
 
 import tnl
 from tnl import ops
+from tnl.checkpoint_format import CheckpointError, latest_tag, read_meta
+from tnl.data import PackedLoader
+from tnl.models import build_model as build
+from tnl.models import compile_blocks as compile_each_block
+from tnl.ops import new_sequence_parallel
 from tnl.train import checkpoint, dist
 from tnl.train.config import ConfigError, model_error
 from tnl.train.metrics import build_sinks, peak_flops
 from tnl.train.optim import WarmupCosine, build_optimizer, deepspeed_config, resolve_precision
+from tnl.train.seeding import seed_everything
 from tnl.train.trainer import StepGate, Trainer, TrainState
 
 log = logging.getLogger("tnl.train")
@@ -23,8 +30,6 @@ log = logging.getLogger("tnl.train")
 def compile_blocks(model: torch.nn.Module, backend: str, zero_stage: int) -> None:
     """tnl.models.compile_blocks for trainer.compile; refused under ZeRO-3 (its parameter hooks and compiled graphs
     do not mix)."""
-    from tnl.models import compile_blocks as compile_each_block
-
     if zero_stage == 3:
         raise ConfigError("trainer.compile is not supported with ZeRO-3 (deepspeed.stage=3); leave it null")
     compile_each_block(model, backend)
@@ -32,8 +37,6 @@ def compile_blocks(model: torch.nn.Module, backend: str, zero_stage: int) -> Non
 
 def build_model(model_cfg: dict, ds_config: dict | None = None, zero_init: bool = False) -> torch.nn.Module:
     """tnl.models.build_model with config errors turned into one-line ConfigErrors; optionally ZeRO-3 partitioned."""
-    from tnl.models import build_model as build
-
     try:
         if zero_init:
             with deepspeed.zero.Init(config_dict_or_path=ds_config):
@@ -47,9 +50,10 @@ class LossOnly(torch.nn.Module):
     """ZeRO-3 root: returns the loss as a plain tensor (ZeRO-3's backward hooks only see tensors, not LMOutput) and
     keeps the LM-head weight gathered through forward and backward: the models use it outside its module's forward,
     including when the chunked loss is recomputed in backward. Checkpoint names gain a `model.` prefix.
-    The fused LM-head loss (tnl.ops.loss: gradients computed inside the forward) is switched off here by default: ZeRO-3
-    keeps the checkpointed torch path this workaround was written and tested for. (The fused path needs no weight in
-    backward and gave the same weights on 2 gloo ranks in fp32; TNL_FUSED_CE=on turns it on here to try it on GPUs.)"""
+    The fused LM-head loss (tnl.ops.loss: gradients computed inside the forward) is off here unless asked for:
+    trainer.fused_loss=auto keeps ZeRO-3 on the checkpointed torch path this workaround was written and tested for.
+    (The fused path needs no weight in backward and gave the same weights on 2 gloo ranks in fp32;
+    trainer.fused_loss=on turns it on here to try it on GPUs.)"""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -57,26 +61,25 @@ class LossOnly(torch.nn.Module):
         deepspeed.zero.register_external_parameter(self, model.output_weight)
 
     def forward(self, input_ids, targets=None, cu_seqlens=None, **kwargs):
-        with ops.using(fused_loss="off"):
+        # fused_loss=auto is off here (a run resolves it so at start-up, tnl.train.run.apply_kernel_settings; this
+        # covers a LossOnly built without it); an explicit on or off is kept
+        auto = ops.settings().fused_loss == "auto"
+        with ops.using(fused_loss="off") if auto else contextlib.nullcontext():
             return self.model(input_ids, targets=targets, cu_seqlens=cu_seqlens, **kwargs).loss
 
     def flops_per_token(self, seq_len: int) -> float:
         return self.model.flops_per_token(seq_len)
 
 
-class Session:
+class TrainingRun:
     def __init__(self, cfg: DictConfig, env: dist.DistEnv, device: torch.device, run_dir: Path, data_dir: Path,
                  model_cfg: dict, train_sources: dict[str, float] | None = None):
-        from tnl.data import PackedLoader
-
         self.cfg, self.env, self.device, self.run_dir, self.data_dir = cfg, env, device, run_dir, data_dir
         self.model_cfg = model_cfg
         self.ckpt_dir = run_dir / "checkpoints"
         t = cfg.trainer
         self.precision = resolve_precision(cfg.deepspeed.precision, device.type)
         self.ds_config = deepspeed_config(cfg, env.world_size, self.precision)
-
-        from tnl.train.run import seed_everything
 
         seed_everything(cfg.seed, device.type, t.deterministic)
         model = build_model(model_cfg, self.ds_config, cfg.deepspeed.zero_init)
@@ -94,8 +97,6 @@ class Session:
                  model_cfg["arch"], f"{n_params:,}", self.flops_per_token, t.seq_len, cfg.deepspeed.stage,
                  self.precision, env.world_size, device.type)
 
-        from tnl.ops import new_sequence_parallel
-
         try:  # P ranks share each sequence; the loaders see only the data-parallel replicas
             sp = new_sequence_parallel(cfg.parallel.sequence)
         except ValueError as err:
@@ -109,7 +110,7 @@ class Session:
         self.trainer = Trainer(engine=self.engine, gate=gate, train_loader=train_loader, make_val_loader=make_val,
                                schedule=WarmupCosine(cfg.optim.lr, cfg.optim.warmup_steps, t.max_steps,
                                                      cfg.optim.min_lr_ratio),
-                               cfg=cfg, device=device, world_size=env.world_size,
+                               cfg=t, device=device, world_size=env.world_size,
                                flops_per_token=self.flops_per_token, peak_flops=peak_flops(device, t.peak_flops),
                                on_save=self.save, sequence_parallel=sp if sp.size > 1 else None)
         self.resume()
@@ -123,6 +124,7 @@ class Session:
                 "world_size": self.env.world_size, "zero_stage": self.cfg.deepspeed.stage,
                 "sequence_parallel": self.cfg.parallel.sequence,
                 "precision": self.precision, "seq_len": self.cfg.trainer.seq_len, "data_dir": str(self.data_dir),
+                "kernels": ops.settings().as_dict(),
                 "tnl_version": tnl.__version__}
 
     def save(self, trainer: Trainer, fault_hook=None) -> str:
@@ -140,22 +142,22 @@ class Session:
         if self.env.is_main:
             checkpoint.clean_partial(self.ckpt_dir)
         dist.barrier()
-        tag = checkpoint.latest_tag(self.ckpt_dir)
+        tag = latest_tag(self.ckpt_dir)
         if tag is None:
             return
-        meta = checkpoint.read_meta(self.ckpt_dir, tag)
+        meta = read_meta(self.ckpt_dir, tag)
         checkpoint.check_compatible(meta, self.model_cfg, self.env.world_size, self.cfg.deepspeed.stage,
                                     self.ckpt_dir / tag)
         old_sp, sp = meta.get("sequence_parallel", 1), self.cfg.parallel.sequence
         if old_sp != sp:  # the loaders' rank layout differs
-            raise checkpoint.CheckpointError(f"checkpoint {self.ckpt_dir / tag} was written with parallel.sequence="
+            raise CheckpointError(f"checkpoint {self.ckpt_dir / tag} was written with parallel.sequence="
                                              f"{old_sp}, this run uses {sp}: resume with the same parallel.sequence")
         rank_state = checkpoint.load(self.engine, self.ckpt_dir, tag, self.env.rank)
         self.trainer.state.load_state_dict(rank_state["trainer"])
         try:
             self.trainer.train_loader.load_state_dict(rank_state["loader"])
         except ValueError as err:
-            raise checkpoint.CheckpointError(f"checkpoint {self.ckpt_dir / tag}: {err}") from None
+            raise CheckpointError(f"checkpoint {self.ckpt_dir / tag}: {err}") from None
         checkpoint.set_rng_state(rank_state["rng"])
         log.info("resumed from %s (step %d)", self.ckpt_dir / tag, self.trainer.state.step)
 

@@ -19,15 +19,16 @@ import os
 import time
 from pathlib import Path
 
-from tnl.train.run import SetupError
+from deepspeed.git_version_info import installed_ops
+from torch.utils.cpp_extension import _get_build_directory
+
+from tnl.train.errors import SetupError
 
 log = logging.getLogger("tnl.train")
 
 
 def build_lock(op_name: str) -> Path:
     """The lock file torch uses for a JIT build of `op_name` (honours TORCH_EXTENSIONS_DIR)."""
-    from torch.utils.cpp_extension import _get_build_directory
-
     return Path(_get_build_directory(op_name, verbose=False)) / "lock"
 
 
@@ -57,8 +58,6 @@ def holders(path: Path) -> list[int]:
 def wait_for_build_lock(op_name: str, bound_s: float = 600.0, poll_s: float = 1.0) -> None:
     """Return once no JIT build lock of `op_name` is in the way (at once when there is none, or the op was compiled
     at install time); SetupError after `bound_s` seconds of a lock that no process on this host holds."""
-    from deepspeed.git_version_info import installed_ops
-
     if installed_ops.get(op_name, False):
         return
     lock = build_lock(op_name)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 log = logging.getLogger("tnl.train")
 
@@ -127,8 +128,6 @@ class ConsoleSink:
         use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
         self.bar = None
         if use_bar:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=max_steps, initial=start_step, desc="train", dynamic_ncols=True)
 
     def on_log(self, step: int, record: dict) -> None:
@@ -161,7 +160,7 @@ class WandbSink:
     """Weights & Biases (offline by default); the run id is kept in run_dir so a resumed run continues it."""
 
     def __init__(self, run_dir: Path, logger_cfg: Any, config: dict):
-        import wandb
+        import wandb  # function-level: importing wandb is slow (seconds) and only this logger needs it
 
         id_file = run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else ""
@@ -184,6 +183,7 @@ class TensorboardSink:
     """TensorBoard scalars under run_dir/tensorboard."""
 
     def __init__(self, run_dir: Path):
+        # function-level: tensorboard is an optional dependency (the `tensorboard` extra)
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))

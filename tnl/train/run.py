@@ -7,25 +7,27 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tnl import locks
+import tnl.data
+from tnl import locks, ops
+from tnl.checkpoint_format import CheckpointError, latest_tag
+from tnl.data.mixture import mixture_members, mixture_sources, prepare_members
+from tnl.data.pipeline import changed_build
+from tnl.models import count_parameters
 from tnl.train import dist
-from tnl.train.config import ConfigError, model_error, to_dict
+from tnl.train.config import ConfigError, compose, model_error, to_dict
+from tnl.train.errors import SetupError
+from tnl.train.export import export_run
+from tnl.train.trainer import NonFiniteError
 
 log = logging.getLogger("tnl.train")
 RUN_LOCK = ".lock"  # in run_dir, held by rank 0 while a run is alive
-
-
-class SetupError(ValueError):
-    """Missing or inconsistent inputs found before training starts (data, tokenizer, vocab)."""
 
 
 def setup_logging(rank: int) -> None:
@@ -38,8 +40,6 @@ def setup_logging(rank: int) -> None:
 
 def dry_run(cfg: DictConfig) -> int:
     """Print parameters=<int> (meta device, nothing allocated) and the resolved config."""
-    from tnl.models import count_parameters
-
     try:
         n = count_parameters(to_dict(cfg.model))
     except (TypeError, ValueError, KeyError) as err:
@@ -47,16 +47,6 @@ def dry_run(cfg: DictConfig) -> int:
     print(f"parameters={n}")
     print(OmegaConf.to_yaml(cfg, resolve=True), end="")
     return n
-
-
-def seed_everything(seed: int, device_type: str, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if device_type == "cpu" or deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if device_type == "cuda" and deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def _on_rank0_then_share(fn, rank: int) -> Any:
@@ -78,10 +68,6 @@ def _on_rank0_then_share(fn, rank: int) -> Any:
 
 def prepare_data(cfg: DictConfig, rank: int) -> Path:
     """The prepared data dir; rank 0 builds tokenizer + shards on first use while the other ranks wait."""
-    import tnl.data
-    from tnl.data.pipeline import changed_build
-    from tnl.train.checkpoint import latest_tag
-
     data_cfg = to_dict(cfg.data)
 
     def build():
@@ -104,70 +90,24 @@ def prepare_data(cfg: DictConfig, rank: int) -> Path:
         raise SetupError(str(err)) from None
 
 
-def _mix_member(name: str, primary: dict, primary_dir: Path) -> dict:
-    """The data config of one mixture member, re-targeted to the primary dataset's tokenizer and vocab (its shards go
-    to `<its dir>.tok-<primary name>`, so a copy prepared with its own tokenizer is left alone)."""
-    from tnl.train.config import compose
-
-    if name.endswith((".yaml", ".yml")):
-        if not Path(name).is_file():
-            raise SetupError(f"data.mix: no data config file {name!r}")
-        node = OmegaConf.load(name)
-        if "root" not in node:
-            node.root = primary.get("root", "data")
-        member = OmegaConf.to_container(OmegaConf.create({"data": node}).data, resolve=True)
-    else:
-        try:
-            member = to_dict(compose([f"data={name}", f"data.root={primary.get('root', 'data')}"]).data)
-        except ConfigError as err:
-            raise SetupError(f"data.mix: {err}") from None
-    from tnl.data import DataConfig
-
-    try:  # names and dirs as DataConfig fills them in (a Hugging Face dataset's name comes from its path)
-        own, primary_name = DataConfig.from_mapping(member).dir, DataConfig.from_mapping(primary).name
-    except ValueError as err:
-        raise SetupError(f"data.mix member {name!r}: {err}") from None
-    member.update(tokenizer=str(primary_dir), vocab_size=primary["vocab_size"], mix=None, weight=1.0,
-                  dir=f"{own}.tok-{primary_name}")
-    return member
-
-
-def mixture_sources(cfg: DictConfig, primary_dir: Path, rank: int) -> dict[str, float] | None:
-    """{prepared dir: weight} of the training mixture (data.mix), preparing each member with the primary dataset's
-    tokenizer on first use; None when data.mix is empty."""
-    import tnl.data
-
+def training_mixture(cfg: DictConfig, primary_dir: Path, rank: int) -> dict[str, float] | None:
+    """{prepared dir: weight} of the training mixture (data.mix, tnl.data.mixture), preparing each member with the
+    primary dataset's tokenizer on first use (rank 0, the others wait); None when data.mix is empty."""
     primary = to_dict(cfg.data)
     try:
-        mix = tnl.data.config.parse_mix(primary.get("mix"))
+        members = mixture_members(primary, primary_dir)
     except ValueError as err:
         raise SetupError(str(err)) from None
-    if not mix:
+    if not members:
         return None
-    members = [(_mix_member(name, primary, primary_dir), float(w)) for name, w in mix.items()]
-
-    def build():
-        for member, _ in members:
-            if not tnl.data.is_prepared(member):
-                log.info("mixture member %r is not prepared in %s: preparing it now (primary's tokenizer)",
-                         member.get("name"), member.get("dir"))
-            tnl.data.prepare(member)
-
-    _on_rank0_then_share(build, rank)
+    _on_rank0_then_share(lambda: prepare_members(members), rank)
     try:
-        sources = {str(primary_dir): float(primary.get("weight", 1.0))}
-        for member, w in members:
-            d = str(tnl.data.prepare(member))  # up to date now: a no-op on every rank
-            sources[d] = sources.get(d, 0.0) + w
+        return mixture_sources(primary, primary_dir, members)
     except (ValueError, OSError) as err:
         raise SetupError(str(err)) from None
-    log.info("training mixture: %s", ", ".join(f"{d} x {w:g}" for d, w in sources.items()))
-    return sources
 
 
 def check_vocab(data_dir: Path, model_cfg: dict) -> None:
-    import tnl.data
-
     tok = tnl.data.load_tokenizer(data_dir)
     if tok.vocab_size > model_cfg["vocab_size"]:
         raise SetupError(f"the tokenizer in {data_dir} has {tok.vocab_size} tokens but the model's vocab_size is "
@@ -179,6 +119,26 @@ def write_config(cfg: DictConfig, run_dir: Path) -> None:
     tmp = run_dir / "config.yaml.tmp"
     tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tmp.replace(run_dir / "config.yaml")
+
+
+def apply_kernel_settings(cfg: DictConfig) -> ops.KernelSettings:
+    """tnl.ops.configure from kernels.* and trainer.fused_loss, once per process before anything is built.
+
+    fused_loss=auto means off under ZeRO-3: the ZeRO-3 root module (engine.LossOnly) keeps the LM-head weight
+    gathered for the chunked torch loss it was written and tested with; `on` asks for the fused kernel there too."""
+    fused = cfg.trainer.fused_loss
+    if fused == "auto" and cfg.deepspeed.stage == 3:
+        fused = "off"
+    return ops.configure(backend=cfg.kernels.backend, la2_algo=cfg.kernels.la2_algo, fused_loss=fused)
+
+
+def log_kernel_settings(settings: ops.KernelSettings, cfg: DictConfig) -> None:
+    """One line with the kernel settings in force; environment variables that override the saved config say so."""
+    note = " (auto: off under ZeRO-3)" if cfg.trainer.fused_loss == "auto" and cfg.deepspeed.stage == 3 else ""
+    log.info("kernels: backend %s, la2_algo %s, fused_loss %s%s", settings.backend, settings.la2_algo,
+             settings.fused_loss, note)
+    for key, override in sorted(settings.overrides.items()):
+        log.warning("kernels: %s is set by the environment (%s), not by this run's config.yaml", key, override)
 
 
 def main(cfg: DictConfig) -> int:
@@ -194,10 +154,11 @@ def main(cfg: DictConfig) -> int:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
     env = dist.init(device_type)
     device = torch.device(device_type, env.local_rank) if device_type == "cuda" else torch.device("cpu")
+    settings = apply_kernel_settings(cfg)
+    if env.is_main:
+        log_kernel_settings(settings, cfg)
     if device_type == "cuda" and env.is_main:
-        from tnl_kernels.la2_config import table_note
-
-        log.info(table_note(torch.cuda.get_device_name(device)))
+        log.info(ops.la2_table_note(torch.cuda.get_device_name(device)))
     run_dir = Path(cfg.run_dir)
     run_lock = _on_rank0_then_share(lambda: lock_run_dir(run_dir), env.rank)
     try:
@@ -228,38 +189,32 @@ def lock_run_dir(run_dir: Path) -> IO[str] | None:
 
 
 def _train(cfg: DictConfig, env: dist.DistEnv, device: torch.device, run_dir: Path) -> int:
-    """Data (prepared on first use), the session (model, engine, resume), the loop, the export; the final step."""
+    """Data (prepared on first use), the training run (model, engine, resume), the loop, the export; the final step."""
     data_dir = prepare_data(cfg, env.rank)
-    sources = mixture_sources(cfg, data_dir, env.rank)
+    sources = training_mixture(cfg, data_dir, env.rank)
     model_cfg = to_dict(cfg.model)
     check_vocab(data_dir, model_cfg)
-    from tnl.train.engine import Session  # heavy imports (deepspeed) only past the dry run
+    from tnl.train.engine import TrainingRun  # function-level: keeps DeepSpeed's import off the dry run and --help
 
-    session = Session(cfg, env, device, run_dir, data_dir, model_cfg,  # refuses an incompatible checkpoint
-                      train_sources=sources)
+    training = TrainingRun(cfg, env, device, run_dir, data_dir, model_cfg,  # refuses an incompatible checkpoint
+                           train_sources=sources)
     if env.is_main:
         write_config(cfg, run_dir)
     try:
-        step = session.train()
+        step = training.train()
         if cfg.trainer.export_hf and step >= cfg.trainer.max_steps:
             dist.barrier()
             if env.is_main:
-                from tnl.train.export import export_run
-
                 export_run(run_dir)
             dist.barrier()
     finally:
-        session.close()
+        training.close()
         dist.destroy()
     return step
 
 
 def cli(argv: list[str]) -> int:
     """Entry point of scripts/train.py: argv are Hydra overrides; errors become one line on stderr."""
-    from tnl.train.checkpoint import CheckpointError
-    from tnl.train.config import compose
-    from tnl.train.trainer import NonFiniteError
-
     argv = dist.strip_launcher_args(argv)
     if any(a in ("-h", "--help") for a in argv):
         print("usage: [deepspeed|torchrun|python] scripts/train.py [key=value ...]\n"

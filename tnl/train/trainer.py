@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from tnl.ops import SequenceContext
 from tnl.train import dist
 from tnl.train.metrics import Throughput, mfu
 
@@ -97,7 +98,7 @@ class Trainer:
     schedule: Any  # WarmupCosine
     train_loader: Any  # tnl.data.PackedLoader
     make_val_loader: Any  # () -> finite iterable of batches, or None
-    cfg: Any  # the root config
+    cfg: Any  # the trainer section of the config (TrainerConfig)
     device: torch.device
     world_size: int
     flops_per_token: float
@@ -108,7 +109,7 @@ class Trainer:
     state: TrainState = field(default_factory=TrainState)
 
     def __post_init__(self):
-        t = self.cfg.trainer
+        t = self.cfg
         sp_size = self.sequence_parallel.size if self.sequence_parallel is not None else 1
         self.tokens_per_step = t.micro_batch_size * t.grad_accum * t.seq_len * (self.world_size // sp_size)
         self.batches = iter(self.train_loader)
@@ -120,8 +121,6 @@ class Trainer:
     def _forward(self, batch: dict) -> torch.Tensor:
         sp, kwargs = self.sequence_parallel, {}
         if sp is not None:  # every rank of the group got the same batch: keep this rank's chunk of the sequence
-            from tnl.ops import SequenceContext
-
             ids, targets, cu = batch["input_ids"], batch["targets"], batch.get("cu_seqlens")
             if cu is not None:
                 ids, targets = ids.reshape(1, -1), targets.reshape(1, -1)
@@ -147,10 +146,10 @@ class Trainer:
         self.gate.losses, self.gate.vetoed = None, False
         losses = []
         self.engine.train()
-        for micro in range(self.cfg.trainer.grad_accum):
+        for micro in range(self.cfg.grad_accum):
             loss = self._forward(next(self.batches))
             losses.append(loss.detach().float())
-            if micro == self.cfg.trainer.grad_accum - 1:  # the gate sees them when the boundary step runs
+            if micro == self.cfg.grad_accum - 1:  # the gate sees them when the boundary step runs
                 self.gate.losses = torch.stack(losses)
             # sequence parallel: DeepSpeed averages gradients over all P x DP ranks, the group's gradients must sum
             self.engine.backward(loss * self.sequence_parallel.size if self.sequence_parallel is not None else loss)
@@ -167,7 +166,7 @@ class Trainer:
             self.state.bad_in_a_row += 1
             log.warning("step %d skipped: loss %s, grad_norm %s (%d skipped so far)", self.state.step, loss, grad_norm,
                         self.state.skipped)
-            if self.state.bad_in_a_row >= self.cfg.trainer.max_bad_steps:
+            if self.state.bad_in_a_row >= self.cfg.max_bad_steps:
                 raise NonFiniteError(f"{self.state.bad_in_a_row} steps in a row had a non-finite loss or gradient "
                                      f"(last: step {self.state.step}, loss {loss}, grad_norm {grad_norm}); "
                                      "lower optim.lr, check the data, or resume from an earlier checkpoint")
@@ -183,7 +182,7 @@ class Trainer:
         if self.make_val_loader is None:
             return None
         self.engine.eval()
-        limit = self.cfg.trainer.eval_batches or None
+        limit = self.cfg.eval_batches or None
         total, count = 0.0, 0
         it = iter(self.make_val_loader())
         while limit is None or count < limit:
@@ -199,7 +198,7 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def fit(self) -> TrainState:
-        t = self.cfg.trainer
+        t = self.cfg
         stop = min(t.max_steps, t.stop_at_step or t.max_steps)
         self.throughput.reset(self.state.tokens)
         start = time.perf_counter()
