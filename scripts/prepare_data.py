@@ -15,7 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from tnl.data import DataError, prepare, read_manifest  # noqa: E402
-from tnl.train.config import ConfigError, compose  # noqa: E402
+from tnl.data.mixture import mixture_members, mixture_sources, prepare_members  # noqa: E402
+from tnl.train.config import ConfigError, compose, to_dict  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -24,13 +25,11 @@ def main(argv: list[str]) -> int:
     try:
         cfg = compose([a for a in argv if a != "--force"])
         out = prepare(cfg.data, force=force)
-        if cfg.data.get("mix"):  # mixture members, tokenized with this dataset's tokenizer (as training does)
-            from tnl.train.run import SetupError, mixture_sources
-
-            try:
-                mixture_sources(cfg, Path(out), rank=0)
-            except SetupError as e:
-                raise DataError(str(e)) from None
+        data = to_dict(cfg.data)
+        if data.get("mix"):  # mixture members, tokenized with this dataset's tokenizer (as training does)
+            members = mixture_members(data, Path(out))
+            prepare_members(members)
+            mixture_sources(data, Path(out), members)
     except (ConfigError, DataError) as e:
         print(f"prepare_data: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ or a Hugging Face dataset (data.hf, tnl.data.hf_source); tnl.data.sources says w
     load_tokenizer(data_dir)                   encode/decode + bos/eos/pad ids (SentencePiece BPE)
     hf_tokenizer_dir(data_dir) -> Path         the same tokenizer in Hugging Face form (AutoTokenizer loads it)
     PackedLoader(data_dir, split, seq_len, micro_batch_size, rank=, world_size=, seed=, cu_seqlens=, weights=)
+    tnl.data.mixture                           data.mix: members tokenized with the primary's tokenizer, their weights
 """
 
 from tnl.data.config import DataConfig, DataError

@@ -1,4 +1,4 @@
-"""The data config (configs/data/*.yaml) as a validated dataclass, and the one error type of tnl.data."""
+"""The data config (configs/data/*.yaml) as a validated dataclass."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tnl.data.errors import DataError
+from tnl.data.hf_source import HfSpec
+
 BUILTIN_PREFIX = "builtin:"
 BUILTINS = ("python_docs",)
-
-
-class DataError(ValueError):
-    """Bad data input or config: the message names the problem (the CLI prints it as one line)."""
 
 
 def parse_mix(mix: Any) -> dict[str, float]:
@@ -85,8 +84,6 @@ class DataConfig:
             raise DataError(f"unknown data option(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
         kw = dict(cfg)
         if kw.get("hf") is not None:
-            from tnl.data.hf_source import HfSpec
-
             kw["hf"] = HfSpec.from_mapping(kw["hf"])
             if kw.get("inputs") not in (None, "", [], ()):
                 raise DataError("give data.inputs (files) or data.hf (a Hugging Face dataset), not both; "

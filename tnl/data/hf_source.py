@@ -25,10 +25,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tnl.data.config import DataError
+from tnl.data.errors import DataError
+from tnl.data.tokenizer import file_sha256
 
 PREFIX = "hf:"
-BUILDERS = ("parquet", "json", "arrow", "csv", "text")
 _BATCH = 1024
 
 
@@ -189,8 +189,6 @@ def _first(rows) -> dict | None:
 
 def _file_identity(builder, split: str) -> list[dict] | None:
     """sha256 of the local data files of `split` (None when they are remote)."""
-    from tnl.data.tokenizer import file_sha256
-
     files = [str(f) for f in (builder.config.data_files or {}).get(split, [])]
     if not files or not all(os.path.isfile(f) for f in files):
         return None

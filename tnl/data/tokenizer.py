@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tnl.data.config import DataError
+from tnl.data.errors import DataError
 
 MODEL_FILE = "tokenizer.model"
 HF_DIR = "hf_tokenizer"

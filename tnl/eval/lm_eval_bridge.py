@@ -74,8 +74,11 @@ def run_lm_eval(hf_dir: str | Path, tasks: list[str], root=None, limit: int = 0,
         import lm_eval
     except ImportError:
         raise EvalError("lm-eval is not installed: pip install 'tnl[eval]' (or pip install lm-eval)") from None
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # tnl's tasks are local files: keep lm-eval and datasets from asking the Hub (a user's own setting wins)
+    offline = {k: "1" for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if k not in os.environ}
+    if offline:
+        os.environ.update(offline)
+        log.info("lm-eval on local task files: set %s", " ".join(f"{k}=1" for k in offline))
     configs = {name: task_config(name, load_docs(name, root, limit)) for name in tasks}
     import torch
 
