@@ -96,7 +96,7 @@ def skip_shm_op() -> None:
 
     builder = get_accelerator().get_op_builder("ShareMemCommBuilder")
     if builder is not None:
-        import deepspeed.ops
+        import deepspeed.ops  # function-level: see init()
 
         deepspeed.ops.__compatible_ops__[builder.NAME] = False  # what deepspeed.comm.torch.build_shm_op reads
 

@@ -6,8 +6,12 @@ import math
 from typing import Any
 
 import torch
+from deepspeed.accelerator import get_accelerator
+from deepspeed.ops.adam import DeepSpeedCPUAdam
+from deepspeed.ops.op_builder import CPUAdamBuilder
 
 from tnl.checkpoint_format import param_groups  # the group order is part of the checkpoint format
+from tnl.train.jit_builds import wait_for_build_lock
 
 
 def build_optimizer(model: torch.nn.Module, optim_cfg: Any, device_type: str, cpu_offload: bool):
@@ -15,12 +19,6 @@ def build_optimizer(model: torch.nn.Module, optim_cfg: Any, device_type: str, cp
     groups = param_groups(model.named_parameters(), optim_cfg.weight_decay)
     kw = dict(lr=optim_cfg.lr, betas=tuple(optim_cfg.betas), eps=optim_cfg.eps)
     if cpu_offload and device_type == "cuda":
-        # DeepSpeed's CPU Adam only where ZeRO offloads the optimizer (it JIT-builds an extension on import)
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-        from deepspeed.ops.op_builder import CPUAdamBuilder
-
-        from tnl.train.jit_builds import wait_for_build_lock
-
         wait_for_build_lock(CPUAdamBuilder.NAME)  # built on first use, under a lock a killed build leaves behind
         return DeepSpeedCPUAdam(groups, adamw_mode=True, **kw)
     fused = optim_cfg.fused if optim_cfg.fused is not None else device_type == "cuda"
@@ -57,8 +55,6 @@ def resolve_precision(precision: str, device_type: str) -> str:
     """'auto' -> bf16 where the accelerator supports it, else fp32."""
     if precision != "auto":
         return precision
-    from deepspeed.accelerator import get_accelerator
-
     if device_type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if get_accelerator().is_bf16_supported() else "fp32"
