@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from tnl.data import PackedLoader, hf_tokenizer_dir, is_prepared, load_tokenizer, prepare, read_manifest
+from tnl.data import DataConfig, PackedLoader, hf_tokenizer_dir, is_prepared, load_tokenizer, prepare, read_manifest
 from tnl.data.demo import build_python_docs
 from tnl.data.pipeline import file_sha256
 from tnl.train.config import compose
@@ -112,6 +112,6 @@ def test_corpus_configs_resolve_under_data_root(monkeypatch, name, expect):
     monkeypatch.setenv("TNL_DATA_ROOT", "/some/root")
     cfg = data_cfg(f"data={name}")
     assert cfg.name == name and cfg.root == "/some/root"
-    assert cfg.inputs[0] == f"/some/root/{expect}" and cfg.dir == f"data/prepared/{name}"
+    assert cfg.inputs[0] == f"/some/root/{expect}" and DataConfig.from_mapping(cfg).dir == f"data/prepared/{name}"
     monkeypatch.delenv("TNL_DATA_ROOT")
     assert data_cfg(f"data={name}").inputs[0] == f"data/{expect}"

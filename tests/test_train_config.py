@@ -151,3 +151,11 @@ def test_no_import_cycles_and_eval_data_below_the_trainer():
     trainer = {"tnl.train.checkpoint", "tnl.train.engine", "tnl.train.trainer", "tnl.train.run"}
     low = {m: sorted(graph[m] & trainer) for m in graph if m.startswith(("tnl.eval.", "tnl.data."))}
     assert not any(low.values()), low
+
+
+def test_model_group_for_tools():
+    from tnl.train.config import model_group
+
+    assert model_group("tnl_400m") == model_group("tnl_385m") and model_group("tnl_400m")["hidden_size"] == 1024
+    with pytest.raises(ConfigError, match="model/no_such"):
+        model_group("no_such")

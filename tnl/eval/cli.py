@@ -82,7 +82,10 @@ def _data_dir(args, lm: EvalLM, run_cfg: dict) -> Path:
         from tnl.train.config import compose, to_dict
 
         data_cfg = to_dict(compose(list(args.overrides)).data)
-        data_dir = Path(data_cfg["dir"])
+        try:
+            data_dir = Path(tnl.data.DataConfig.from_mapping(data_cfg).dir)  # data.dir, or its default
+        except ValueError as err:
+            raise EvalError(str(err)) from None
         if not (data_dir / "manifest.json").is_file():
             # preparing here would train a tokenizer the model has never seen
             raise EvalError(f"data {data_cfg.get('name')!r} is not prepared in {data_dir}: set data.dir to the "

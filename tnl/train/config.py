@@ -3,8 +3,8 @@
 configs/config.yaml and its groups are composed by Hydra's compose API (no chdir, no outputs/ folder, no .hydra/)
 on top of the dataclasses below (registered as the schema `tnl_schema`), so a misspelt key or a value of the wrong
 type fails with one line naming it. The defaults of every knob live here, once, and the yaml files set only what
-differs. The `model` group's schema is derived from tnl.models' ModelArgs (which owns those defaults); the `data`
-group is an open mapping whose keys belong to tnl.data, which checks them.
+differs. The `model` and `data` groups' schemas are derived from tnl.models' ModelArgs and tnl.data's DataConfig,
+which own those keys' defaults (and check the values).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tnl.data.config import DataConfig
 from tnl.models.config import ModelArgs
 from tnl.paths import default_config_dir
 
@@ -110,31 +111,39 @@ class ParallelConfig:
     sequence: int = 1  # ranks per sequence-parallel group (TNL only); data parallel over world_size / sequence
 
 
-def _model_schema() -> type:
-    """A structured config with ModelArgs' fields and defaults (the architecture keys have none: `???` until a
-    model yaml sets them), so `model.gradient_checkpointing=true` works with any model yaml and a misspelt model key
-    fails at composition."""
-    hints = typing.get_type_hints(ModelArgs)
+def _schema_of(cls: type, name: str, required: Any) -> type:
+    """A structured config with the fields and defaults of the dataclass `cls` (its owner's), so an override of any
+    of its keys composes with every yaml of the group, and a misspelt key fails at composition. Fields without a
+    default get `required` (MISSING: the yaml must set them; None: `cls` itself checks them). Tuples are lists in
+    yaml; `X | None` is Optional[X]."""
+    hints = typing.get_type_hints(cls)
     specs = []
-    for f in dataclasses.fields(ModelArgs):
+    for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # `int | None` -> Optional[int]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
             tp = Optional[next(a for a in typing.get_args(tp) if a is not type(None))]
-        if typing.get_origin(tp) is tuple:  # yaml lists
+        if typing.get_origin(tp) is tuple:
             tp, default = list[typing.get_args(tp)[0]], field(default_factory=lambda d=f.default: list(d))
+            if f.default is dataclasses.MISSING:
+                default = field(default=required)
         else:
-            default = field(default=MISSING if f.default is dataclasses.MISSING else f.default)
+            default = field(default=required if f.default is dataclasses.MISSING else f.default)
+        if required is None and tp is not Any:
+            tp = Optional[tp]  # the open groups' yamls may say null for "the default"
         specs.append((f.name, tp, default))
-    return dataclasses.make_dataclass("ModelConfig", specs)
+    return dataclasses.make_dataclass(name, specs)
 
 
-ModelConfig = _model_schema()
+# The model group: tnl.models' ModelArgs owns its keys and defaults; the architecture keys must come from a yaml.
+ModelConfig = _schema_of(ModelArgs, "ModelConfig", MISSING)
+# The data group: tnl.data's DataConfig owns its keys and defaults, and checks the values (name, inputs, dir, hf).
+DataSchema = _schema_of(DataConfig, "DataSchema", None)
 
 
 @dataclass
 class RootConfig:
     model: Any = field(default_factory=ModelConfig)
-    data: dict[str, Any] = field(default_factory=dict)
+    data: Any = field(default_factory=DataSchema)
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -238,3 +247,9 @@ def model_error(err: Exception) -> ConfigError:
 def to_dict(node: Any) -> Any:
     """A plain, resolved container (what tnl.models / tnl.data take)."""
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def model_group(name: str, config_dir: Path | str | None = None) -> dict:
+    """configs/model/<name>.yaml as a run composes it (its defaults list followed, ModelArgs' defaults filled in), as
+    a plain dict: for tools that name a model without composing a whole run config."""
+    return to_dict(compose([f"model={name}"], config_dir).model)
