@@ -159,3 +159,16 @@ def test_model_group_for_tools():
     assert model_group("tnl_400m") == model_group("tnl_385m") and model_group("tnl_400m")["hidden_size"] == 1024
     with pytest.raises(ConfigError, match="model/no_such"):
         model_group("no_such")
+
+
+def test_checkpoint_model_config_is_compared_with_defaults_filled_in(tmp_path):
+    """A checkpoint whose meta.json leaves out keys at their defaults (older configs stated fewer) still resumes under
+    the schema's full model config; a real difference is still refused."""
+    from tnl.train import checkpoint
+
+    full = OmegaConf.to_container(compose(["model=tnl_tiny"]).model)
+    old = {k: v for k, v in full.items() if k not in ("recompute_elementwise", "rope_theta", "norm_eps")}
+    meta = {"model": old, "world_size": 1, "zero_stage": 2}
+    checkpoint.check_compatible(meta, full, 1, 2, tmp_path)
+    with pytest.raises(checkpoint.CheckpointError, match="norm_eps: 1e-06 -> 1e-05"):
+        checkpoint.check_compatible(meta, {**full, "norm_eps": 1e-5}, 1, 2, tmp_path)
