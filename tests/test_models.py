@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from tnl.models import ModelArgs, alibi_slopes, build_model, count_parameters, tnl_layer_slopes
 from tnl.ops import lm_head_loss
@@ -15,7 +14,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 
 
 def load_cfg(name):
-    return yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    """configs/model/<name>.yaml as a run composes it (defaults list followed, ModelArgs' defaults filled in)."""
+    from tnl.train.config import model_group
+
+    return model_group(name)
 
 
 def tiny(arch="tnl", **kw):
