@@ -20,10 +20,25 @@ def config_path(name: str) -> Path:
 
 
 def load_model_cfg(name: str) -> dict:
-    """The model config as a plain dict (interpolations resolved)."""
+    """The model config as a plain dict with every ModelArgs field: a name is composed as a run composes it (its
+    defaults list followed, e.g. tnl_400m -> tnl_385m); a yaml path must be flat (no defaults list)."""
+    path = config_path(name)
+    if not name.endswith((".yaml", ".yml")):
+        from tnl.train.config import ConfigError, model_group
+
+        try:
+            return model_group(name, REPO / "configs")
+        except ConfigError as err:
+            raise ValueError(f"model config {name}: {err}") from None
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(config_path(name)), resolve=True)
+    from tnl.models.config import ModelArgs
+
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(cfg, dict) or "defaults" in cfg:
+        raise ValueError(f"{path}: a model yaml given as a path must be a flat mapping (no defaults list); "
+                         "put it in configs/model/ and pass its name")
+    return ModelArgs.from_mapping(cfg).to_dict()
 
 
 def model_args(name: str):

@@ -18,6 +18,7 @@ BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import bench_decode  # noqa: E402
+import bench_models  # noqa: E402
 import results_io  # noqa: E402
 
 # program -> the topic folder its --out defaults to (None: it writes no result files)
@@ -113,6 +114,23 @@ def test_stem_command_for_shell_steps(tmp_path):
     assert re.fullmatch(r"seqpar_tnl_1b_metrics_[A-Za-z0-9]+_\d{8}T\d{4}Z", path.name)
     bad = subprocess.run(cmd + ["misc", "x"], capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2 and "topic must be one of" in bad.stderr and not (tmp_path / "res" / "misc").exists()
+
+
+def test_model_configs_as_a_run_composes_them(tmp_path):
+    """A name follows its defaults list (tnl_400m is tnl_385m) and gets every ModelArgs field; a yaml path must be
+    flat; a typo is one ValueError naming it."""
+    alias, base = bench_models.load_model_cfg("tnl_400m"), bench_models.load_model_cfg("tnl_385m")
+    assert alias == base and base["num_hidden_layers"] == 24 and "gradient_checkpointing" in base
+    flat = tmp_path / "mine.yaml"
+    flat.write_text((REPO / "configs" / "model" / "tnl_tiny.yaml").read_text())
+    assert bench_models.load_model_cfg(str(flat)) == bench_models.load_model_cfg("tnl_tiny")
+    assert bench_models.label(str(flat)) == "mine" and bench_models.label("llama_385m@cudnn") == "llama_385m_cudnn"
+    nested = tmp_path / "alias.yaml"
+    nested.write_text("defaults:\n  - tnl_385m\n  - _self_\narch: tnl\n")
+    with pytest.raises(ValueError, match="no defaults list"):
+        bench_models.load_model_cfg(str(nested))
+    with pytest.raises(ValueError, match="tnl_nope"):
+        bench_models.load_model_cfg("tnl_nope")
 
 
 def test_decode_benchmark_runs_on_tiny_models():
