@@ -24,7 +24,7 @@ def load_model_cfg(name: str) -> dict:
     defaults list followed, e.g. tnl_400m -> tnl_385m); a yaml path must be flat (no defaults list)."""
     path = config_path(name)
     if not name.endswith((".yaml", ".yml")):
-        from tnl.train.config import ConfigError, model_group
+        from tnl.config import ConfigError, model_group
 
         try:
             return model_group(name, REPO / "configs")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from tnl.config import ConfigError, compose, to_dict  # noqa: E402
 from tnl.data import DataError, prepare, read_manifest  # noqa: E402
 from tnl.data.mixture import mixture_members, mixture_sources, prepare_members  # noqa: E402
-from tnl.train.config import ConfigError, compose, to_dict  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

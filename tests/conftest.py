@@ -67,7 +67,7 @@ def poison_empty(monkeypatch):
 def demo(tmp_path_factory) -> list[str]:
     """The demo corpus prepared once per test module; the overrides that point a training run at it."""
     import tnl.data
-    from tnl.train.config import compose, to_dict
+    from tnl.config import compose, to_dict
 
     overrides = ["data=demo", f"data.dir={tmp_path_factory.mktemp('demo') / 'prepared'}"]
     tnl.data.prepare(to_dict(compose(overrides).data))

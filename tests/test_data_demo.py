@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from tnl.config import compose
 from tnl.data import DataConfig, PackedLoader, hf_tokenizer_dir, is_prepared, load_tokenizer, prepare, read_manifest
 from tnl.data.demo import build_python_docs
 from tnl.data.pipeline import file_sha256
-from tnl.train.config import compose
 
 TRICKY = [
     "Hello  world!\n\tTabs,   runs of    spaces and 1234567 digits.",

@@ -152,8 +152,8 @@ def test_cli_offline_hub_name_is_one_line(tmp_path):
 
 
 def test_hf_config_group_names_the_data_after_the_dataset(corpus):
+    from tnl.config import compose, to_dict
     from tnl.data import DataConfig
-    from tnl.train.config import compose, to_dict
 
     cfg = compose(["data=hf", "data.hf.path=roneneldan/TinyStories", "data.hf.streaming=true"])
     c = DataConfig.from_mapping(to_dict(cfg.data))

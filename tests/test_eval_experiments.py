@@ -3,8 +3,8 @@ repro_small's two models matched in size and trained on equal tokens."""
 
 import pytest
 
+from tnl.config import compose, to_dict
 from tnl.models import count_parameters
-from tnl.train.config import compose, to_dict
 
 
 @pytest.mark.parametrize("name", ["repro_385m", "repro_small"])

@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 
 def load_cfg(name):
     """configs/model/<name>.yaml as a run composes it (defaults list followed, ModelArgs' defaults filled in)."""
-    from tnl.train.config import model_group
+    from tnl.config import model_group
 
     return model_group(name)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from procs import free_port, repo_env
 
-from tnl.train.config import ConfigError, compose
+from tnl.config import ConfigError, compose
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = ["model=tnl_tiny", "trainer.seq_len=32", "trainer.micro_batch_size=2", "trainer.max_steps=4",

@@ -20,8 +20,8 @@ from torch import nn
 
 from tnl import checkpoint_format
 from tnl.checkpoint_format import no_decay, param_groups
+from tnl.config import ConfigError, compose
 from tnl.train import checkpoint, dist
-from tnl.train.config import ConfigError, compose
 from tnl.train.metrics import PEAK_FLOPS_BF16, mfu, peak_flops, truncate_after
 from tnl.train.optim import WarmupCosine, deepspeed_config
 

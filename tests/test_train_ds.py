@@ -13,7 +13,7 @@ import pytest
 import torch
 from procs import free_port, repo_env
 
-from tnl.train.config import compose
+from tnl.config import compose
 
 REPO = Path(__file__).resolve().parents[1]
 DEEPSPEED = Path(sys.executable).parent / "deepspeed"

@@ -79,7 +79,7 @@ def _data_dir(args, lm: EvalLM, run_cfg: dict) -> Path:
         if bad:
             raise EvalError(f"only data=NAME / data.KEY=VALUE overrides are accepted here, got {bad}")
         import tnl.data
-        from tnl.train.config import compose, to_dict
+        from tnl.config import compose, to_dict
 
         data_cfg = to_dict(compose(list(args.overrides)).data)
         try:

@@ -1,6 +1,5 @@
-"""tnl.train: the DeepSpeed training program behind scripts/train.py.
+"""tnl.train: the DeepSpeed training program behind scripts/train.py (its configuration: tnl.config).
 
-    config.py      the typed config schema (RootConfig) and Hydra composition with one-line errors
     dist.py        ranks from the launcher's environment, process group, small collectives
     optim.py       AdamW + weight-decay split, warmup/cosine LR, the generated DeepSpeed config
     trainer.py     the loop: train_step (skip non-finite steps), evaluate, fit with callbacks

@@ -14,12 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 import tnl
 from tnl import ops
 from tnl.checkpoint_format import CheckpointError, latest_tag, read_meta
+from tnl.config import ConfigError, model_error
 from tnl.data import PackedLoader
 from tnl.models import build_model as build
 from tnl.models import compile_blocks as compile_each_block
 from tnl.ops import new_sequence_parallel
 from tnl.train import checkpoint, dist
-from tnl.train.config import ConfigError, model_error
 from tnl.train.metrics import build_sinks, peak_flops
 from tnl.train.optim import WarmupCosine, build_optimizer, deepspeed_config, resolve_precision
 from tnl.train.seeding import seed_everything

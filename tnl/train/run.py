@@ -17,11 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 import tnl.data
 from tnl import locks, ops
 from tnl.checkpoint_format import CheckpointError, latest_tag
+from tnl.config import ConfigError, compose, model_error, to_dict
 from tnl.data.mixture import mixture_members, mixture_sources, prepare_members
 from tnl.data.pipeline import changed_build
 from tnl.models import count_parameters
 from tnl.train import dist
-from tnl.train.config import ConfigError, compose, model_error, to_dict
 from tnl.train.errors import SetupError
 from tnl.train.export import export_run
 from tnl.train.trainer import NonFiniteError

@@ -1,4 +1,5 @@
-"""Typed schema of the training config and the Hydra composition that applies it.
+"""The run configuration: the typed schema of every key (train, eval and data tools share it) and the Hydra
+composition that applies it.
 
 configs/config.yaml and its groups are composed by Hydra's compose API (no chdir, no outputs/ folder, no .hydra/)
 on top of the dataclasses below (registered as the schema `tnl_schema`), so a misspelt key or a value of the wrong
