@@ -82,15 +82,25 @@ def profile_steps(model, opt, vocab: int, B: int, T: int, device, dtype, steps: 
 SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
 
 
+@contextlib.contextmanager
 def sdpa_context(backend: str | None):
-    """torch's SDPA restricted to one backend (name@flash, name@cudnn, ...), or no restriction."""
+    """torch's SDPA restricted to one backend (name@flash, name@cudnn, ...), or no restriction.
+
+    With a pinned backend the compile caches are off: their keys do not include SDPA's backend flags, so a second
+    pinned run of the same model reused the first one's compiled graphs (llama_385m@flash ran cuDNN's kernels
+    after llama_385m@cudnn, H200, torch 2.11; benchmarks/NOTES.md)."""
     if not backend:
-        return contextlib.nullcontext()
+        yield
+        return
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     kinds = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
              "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
-    return sdpa_kernel(kinds[backend])
+    with sdpa_kernel(kinds[backend]), inductor_config.patch(fx_graph_cache=False), \
+            functorch_config.patch(enable_autograd_cache=False):
+        yield
 
 
 def bench_model(name: str, seq_lens: list[int], tokens: int, device, dtype, warmup: int, steps: int,

@@ -57,3 +57,25 @@ def test_gpu_sweep_small(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(next(tmp_path.glob("*.json")).read_text())["results"]
     assert len(rows) == 4 and all(r["status"] == "ok" and r["peak_mem_gib"] > 0 for r in rows)
+
+
+def test_pinned_sdpa_backend_turns_off_the_compile_caches():
+    """NAME@flash must not reuse graphs compiled under NAME@cudnn: the caches' keys lack SDPA's backend flags."""
+    import torch
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import bench_train
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    before = (inductor_config.fx_graph_cache, functorch_config.enable_autograd_cache)
+    with bench_train.sdpa_context("flash"):
+        assert not inductor_config.fx_graph_cache and not functorch_config.enable_autograd_cache
+        assert torch.backends.cuda.flash_sdp_enabled() and not torch.backends.cuda.cudnn_sdp_enabled()
+    with bench_train.sdpa_context("cudnn"):
+        assert torch.backends.cuda.cudnn_sdp_enabled() and not torch.backends.cuda.flash_sdp_enabled()
+    assert (inductor_config.fx_graph_cache, functorch_config.enable_autograd_cache) == before
+    with bench_train.sdpa_context(None):
+        assert (inductor_config.fx_graph_cache, functorch_config.enable_autograd_cache) == before
