@@ -10,6 +10,10 @@ memory), then `--steps` single-token forwards timed after `--warmup` ones (CUDA 
 are recorded as "OOM". Writes benchmarks/results/decode/decode_<tnl>_vs_<llama>[_<tag>]_<gpu>_<time>.json and .md
 through results_io, with two targets checked: TNL flat within 10% across contexts, and >= 5x faster than LLaMA at
 32K.
+
+With --throughput-batch B (e.g. 64) the same files get a second table, generated tokens/s at batch B for every
+--throughput-contexts, of TNL (GraphDecoder) against LLaMA decoding into transformers' static KV cache, eager and
+(on CUDA) torch.compile'd; see decode_throughput.py. --no-latency measures that table alone.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import json
 import sys
 import time
 
-import results_io  # beside this program
+import decode_throughput  # beside this program
+import results_io
 import torch
 from bench_models import label, model_args
 
@@ -88,12 +93,13 @@ def run(tnl_name, llama_name, contexts, batches, steps=32, warmup=4, device=None
     """{"meta": run facts and settings, "rows": one per (model, batch, context), "checks": the targets' lines}."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     meta = {**results_io.run_facts("benchmarks/bench_decode.py", argv, device), "dtype": str(dtype),
-            "steps": steps, "warmup": warmup}
+            "steps": steps, "warmup": warmup, "prefill_tokens": prefill_tokens}
     tnl_graph = torch.device(device).type == "cuda" if tnl_graph is None else tnl_graph
     variants = [(tnl_name, tnl_name, decode_ms_per_token)]
     if tnl_graph:
         variants.append((tnl_name + "+cudagraph", tnl_name, graph_decode_ms_per_token))
     variants.append((llama_name, llama_name, decode_ms_per_token))
+    variants = variants if contexts and batches else []  # no latency table asked: build no model
     rows = []
     for shown, name, measure in variants:
         args = model_args(name)
@@ -136,18 +142,23 @@ def _checks(rows, tnl_name, llama_name, contexts, batches) -> list[str]:
 
 
 def markdown(result: dict) -> str:
+    """The latency table and its checks, then (when measured) the throughput table."""
     env, rows = result["meta"], result["rows"]
     contexts = sorted({r["context"] for r in rows})
     lines = [f"# Decode latency (ms/token), {env['gpu']}, {env['dtype']}", "",
              f"torch {env['torch']}, transformers {env['transformers']}; {env['steps']} timed steps after "
-             f"{env['warmup']} warm-up; command: `{env['command']}`", "",
-             "| model | batch | " + " | ".join(f"ctx {c}" for c in contexts) + " |",
-             "|---|---|" + "---|" * len(contexts)]
+             f"{env['warmup']} warm-up; command: `{env['command']}`", ""]
+    if rows:
+        lines += ["| model | batch | " + " | ".join(f"ctx {c}" for c in contexts) + " |",
+                  "|---|---|" + "---|" * len(contexts)]
     for (model, batch) in dict.fromkeys((r["model"], r["batch"]) for r in rows):
         cells = {r["context"]: r["ms_per_token"] for r in rows if r["model"] == model and r["batch"] == batch}
         fmt = lambda v: v if isinstance(v, str) else f"{v:.2f}"
         lines.append(f"| {model} | {batch} | " + " | ".join(fmt(cells.get(c, "-")) for c in contexts) + " |")
-    return "\n".join(lines + [""] + [f"- {c}" for c in result["checks"]]) + "\n"
+    lines += [""] + [f"- {c}" for c in result["checks"]]
+    if result.get("throughput"):
+        lines += [""] + decode_throughput.markdown(result["throughput"])
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main(argv=None) -> int:
@@ -165,16 +176,39 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="", help="appended to what the file names say was measured")
     p.add_argument("--tnl-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="also time TNL with GraphDecoder (one CUDA graph per step); default: on CUDA")
+    p.add_argument("--prefill-tokens", type=int, default=16384,
+                   help="tokens per prefill chunk over the whole batch (a chunk is this / batch per sequence)")
+    p.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure the ms/token table (--no-latency: the throughput table alone)")
+    p.add_argument("--throughput-batch", type=int, default=0,
+                   help="batch of the tokens/s table, e.g. 64 (default 0: no throughput table)")
+    p.add_argument("--throughput-contexts", type=int, nargs="+", default=None, help="default: --contexts")
+    p.add_argument("--throughput-steps", type=int, default=None, help="timed steps per cell; default: --steps")
+    p.add_argument("--llama-compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="throughput: also LLaMA with its static-cache decode step torch.compile'd; default: on CUDA")
     a = p.parse_args(argv)
     try:
         model_args(a.tnl), model_args(a.llama)
+        for name, v in (("--steps", a.steps), ("--prefill-tokens", a.prefill_tokens),
+                        ("--throughput-steps", a.throughput_steps), ("--throughput-batch", a.throughput_batch or None)):
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be positive, got {v}")
+        if not a.latency and not a.throughput_batch:
+            raise ValueError("--no-latency leaves nothing to measure without --throughput-batch")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    result = run(a.tnl, a.llama, a.contexts, a.batches, a.steps, a.warmup, a.device, getattr(torch, a.dtype),
-                 tnl_graph=a.tnl_graph, argv=argv)
-    stem = results_io.write(a.out, f"decode_{label(a.tnl)}_vs_{label(a.llama)}", result["meta"],
-                            {"rows": result["rows"], "checks": result["checks"]}, markdown(result), a.tag)
+    dtype, device = getattr(torch, a.dtype), a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    result = run(a.tnl, a.llama, a.contexts if a.latency else [], a.batches, a.steps, a.warmup, device, dtype,
+                 a.prefill_tokens, tnl_graph=a.tnl_graph, argv=argv)
+    payload = {"rows": result["rows"], "checks": result["checks"]}
+    if a.throughput_batch:
+        result["throughput"] = payload["throughput"] = decode_throughput.run_throughput(
+            build_hf, a.tnl, a.llama, a.throughput_contexts or a.contexts, a.throughput_batch,
+            a.throughput_steps or a.steps, a.warmup, device, dtype, a.prefill_tokens,
+            a.llama_compile)
+    stem = results_io.write(a.out, f"decode_{label(a.tnl)}_vs_{label(a.llama)}", result["meta"], payload,
+                            markdown(result), a.tag)
     print(f"wrote {stem}.json and .md", file=sys.stderr)
     return 0
 

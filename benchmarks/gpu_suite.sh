@@ -15,6 +15,8 @@
 #   bash benchmarks/gpu_suite.sh ncu [SHAPE]  # Nsight Compute report of every LA2 kernel at one BxTxHxDxE shape
 #   bash benchmarks/gpu_suite.sh with TNL_LA2_ALGO=fused kernels   # any step with one more environment variable
 #   bash benchmarks/gpu_suite.sh decode       # decode ms/token, tnl_385m vs llama_385m, 1K..128K context    (~3 min)
+#   bash benchmarks/gpu_suite.sh decode_throughput   # batch-64 decode tokens/s, 1K..128K: TNL (CUDA graph) vs
+#                                             # LLaMA static KV cache, eager and torch.compile'd            (~6 min)
 #   bash benchmarks/gpu_suite.sh throughput   # training tokens/s + peak memory over context 1K..64K          (~5 min)
 #   bash benchmarks/gpu_suite.sh memory       # tnl_1b peak memory vs context, with/without checkpointing    (~2 min)
 #   bash benchmarks/gpu_suite.sh train        # short tnl_385m / llama_385m runs on gutenberg: tokens/s, MFU  (~4 min)
@@ -33,8 +35,8 @@
 #       all groups at once; group i logs to $RESULTS/gpu<i>.log. A failed step is logged and the group goes on.
 #
 # Folders: tests, pytest -> gpu_tests (logs); kernels, tune, shapes, profile, ncu -> kernels; bench_train,
-# throughput, memory, train -> training; decode -> decode; scale, seqpar, scale_report -> scaling; repro, compare,
-# reproduce, repro_seed -> reproduction.
+# throughput, memory, train -> training; decode, decode_throughput -> decode; scale, seqpar, scale_report -> scaling;
+# repro, compare, reproduce, repro_seed -> reproduction.
 #
 # Environment: RESULTS (base of the topic folders), PYTHON, STEPS (train step count), REPRO_STEPS (repro_small step
 # count), TASK_LIMIT (documents per zero-shot task), TNL_DATA_ROOT / TNL_EVAL_ROOT (corpora and task files).
@@ -85,6 +87,10 @@ case $step in
     "$PY" benchmarks/tune_la2.py --out "$table" --log-dir "$RESULTS/kernels" "$@" ;;
   decode)
     "$PY" benchmarks/bench_decode.py --out "$RESULTS/decode" "$@" ;;
+  decode_throughput)
+    # the throughput table alone (its own files, tag throughput); at batch 64 LLaMA's KV cache is OOM from 32K
+    "$PY" benchmarks/bench_decode.py --no-latency --throughput-batch 64 --contexts 1024 8192 32768 131072 \
+      --tag throughput --out "$RESULTS/decode" "$@" ;;
   throughput)
     "$PY" benchmarks/bench_train.py --models tnl_385m,llama_385m --out "$RESULTS/training" ;;
   memory)

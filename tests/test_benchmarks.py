@@ -19,6 +19,7 @@ sys.path.insert(0, str(BENCH))
 
 import bench_decode  # noqa: E402
 import bench_models  # noqa: E402
+import decode_throughput  # noqa: E402
 import results_io  # noqa: E402
 
 # program -> the topic folder its --out defaults to (None: it writes no result files)
@@ -30,7 +31,7 @@ FACTS = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "x", "triton": "y", "command":
 
 
 def test_every_program_is_listed():
-    programs = {p.stem for p in BENCH.glob("*.py")} - {"results_io", "bench_models"}
+    programs = {p.stem for p in BENCH.glob("*.py")} - {"results_io", "bench_models", "decode_throughput"}
     assert programs == set(PROGRAMS)
 
 
@@ -153,6 +154,85 @@ def test_decode_benchmark_writes_its_topic_files(tmp_path):
     assert [r["model"] for r in doc["rows"]] == ["tnl_tiny", "llama_tiny"] and js.with_suffix(".md").is_file()
     assert bench_decode.main(argv[:1] + ["nope"] + argv[2:]) == 1  # an unknown model: one error, no files
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_decode_throughput_runs_on_tiny_models():
+    tp = decode_throughput.run_throughput(bench_decode.build_hf, "tnl_tiny", "llama_tiny", contexts=[8, 40], batch=3,
+                                          steps=2, warmup=1, device="cpu", dtype=torch.float32, prefill_tokens=32)
+    assert [(r["model"], r["context"]) for r in tp["rows"]] == [
+        ("tnl_tiny", 8), ("tnl_tiny", 40), ("llama_tiny+static", 8), ("llama_tiny+static", 40)]  # no compile on CPU
+    assert all(isinstance(r["tokens_per_s"], float) and r["tokens_per_s"] > 0 and r["batch"] == 3 for r in tp["rows"])
+    assert len(tp["checks"]) == 2 and "fastest LLaMA (llama_tiny+static)" in tp["checks"][0]
+    md = "\n".join(decode_throughput.markdown(tp))
+    assert "| tnl_tiny | 3 |" in md and "| llama_tiny+static | 3 |" in md and "ctx 40" in md
+
+
+def test_decode_throughput_is_written_beside_the_latency_table(tmp_path):
+    argv = ["--tnl", "tnl_tiny", "--llama", "llama_tiny", "--contexts", "8", "40", "--batches", "1", "--steps", "1",
+            "--warmup", "1", "--device", "cpu", "--dtype", "float32", "--prefill-tokens", "32", "--out",
+            str(tmp_path), "--throughput-batch", "2", "--throughput-contexts", "8", "--throughput-steps", "2"]
+    assert bench_decode.main(argv) == 0
+    (js,) = tmp_path.glob("*.json")
+    doc = json.loads(js.read_text())
+    assert [r["model"] for r in doc["rows"]] == ["tnl_tiny", "tnl_tiny", "llama_tiny", "llama_tiny"]
+    tp = doc["throughput"]
+    assert tp["batch"] == 2 and tp["steps"] == 2 and tp["llama_compile"] is False
+    assert [(r["model"], r["context"]) for r in tp["rows"]] == [("tnl_tiny", 8), ("llama_tiny+static", 8)]
+    md = js.with_suffix(".md").read_text()
+    latency, _, throughput = md.partition("## Decode throughput (generated tokens/s), batch 2")
+    assert "| tnl_tiny | 1 |" in latency and "| tnl_tiny | 2 |" not in latency
+    assert "| tnl_tiny | 2 |" in throughput and "| llama_tiny+static | 2 |" in throughput
+    # the throughput table alone; --no-latency without it is refused before anything is written
+    assert bench_decode.main(argv + ["--no-latency", "--tag", "only"]) == 0
+    (only,) = tmp_path.glob("*_only_*.json")
+    assert json.loads(only.read_text())["rows"] == [] and "| ctx 8 |" in only.with_suffix(".md").read_text()
+    n = len(list(tmp_path.iterdir()))
+    assert bench_decode.main(argv[:-6] + ["--no-latency", "--tag", "x"]) == 1
+    assert bench_decode.main(argv + ["--throughput-steps", "0", "--tag", "y"]) == 1
+    assert len(list(tmp_path.iterdir())) == n
+
+
+def _dynamic_greedy(model, ids, new_tokens):
+    """Reference: greedy decoding with transformers' default (dynamic) cache, whole prompt at once; tokens, logits."""
+    key = bench_decode._CACHE_KEY
+    out = model(input_ids=ids, use_cache=True)
+    toks, logits = [], [out.logits[:, -1]]
+    for _ in range(new_tokens):
+        toks.append(logits[-1].argmax(-1))
+        out = model(input_ids=toks[-1][:, None], use_cache=True, **{key: out[key]})
+        logits.append(out.logits[:, -1])
+    return torch.stack(toks, 1), torch.stack(logits, 1)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_llama_static_cache_decodes_like_the_dynamic_cache(chunk):
+    torch.manual_seed(5)
+    model = bench_decode.build_hf(bench_models.model_args("llama_tiny"), "cpu", torch.float32)
+    ids = torch.randint(0, model.config.vocab_size, (3, 19))
+    want_tokens, want_logits = _dynamic_greedy(model, ids, 5)
+    dec = decode_throughput.StaticLlamaDecoder(model, 3, 19 + 5)
+    logits = [dec.prefill(ids, chunk)]
+    for i in range(5):
+        logits.append(dec.step(want_tokens[:, i]))
+    torch.testing.assert_close(torch.stack(logits, 1), want_logits, rtol=1e-4, atol=1e-4)
+    dec = decode_throughput.StaticLlamaDecoder(model, 3, 19 + 5)
+    assert torch.equal(dec.greedy(ids, 5, chunk), torch.cat([ids, want_tokens], 1))
+    with pytest.raises(ValueError, match="holds 24 positions"):
+        dec.step(want_tokens[:, 0])  # the cache is full: refused, not written out of bounds
+    with pytest.raises(ValueError, match="built for batch 3"):
+        decode_throughput.StaticLlamaDecoder(model, 3, 30).prefill(ids[:2])
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_llama_compiled_static_decode_matches_eager_on_gpu():
+    torch.manual_seed(6)
+    model = bench_decode.build_hf(bench_models.model_args("llama_tiny"), "cuda", torch.float32)
+    ids = torch.randint(0, model.config.vocab_size, (4, 33), device="cuda")
+    want = decode_throughput.StaticLlamaDecoder(model, 4, 33 + 8).greedy(ids, 8, chunk=16)
+    got = decode_throughput.StaticLlamaDecoder(model, 4, 33 + 8, compile=True).greedy(ids, 8, chunk=16)
+    assert torch.equal(got, want)
 
 
 def test_the_library_never_imports_a_benchmark():
