@@ -1,5 +1,5 @@
 """The GPU-only benchmark scripts on a CPU machine: they parse their arguments, refuse cleanly without CUDA, and the
-tuner's candidate configs are all valid configs (so a GPU session does not spend device time on a typo)."""
+tuner's candidate configs are all valid configs (so a GPU run does not spend device time on a typo)."""
 
 import sys
 from pathlib import Path
