@@ -22,7 +22,7 @@ import time
 import torch
 from bench_models import model_args  # beside this module
 
-from tnl.hf.graph_decode import GraphDecoder
+from tnl.hf.graph_decode import GraphDecoder, greedy_tokens
 from tnl.hf.modeling_tnl import _CACHE_KEY
 
 
@@ -88,16 +88,9 @@ class StaticLlamaDecoder:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._forward(self.decode, tokens.reshape(self.B, 1))
 
-    @torch.no_grad()
     def greedy(self, input_ids: torch.Tensor, max_new_tokens: int, chunk: int | None = None) -> torch.Tensor:
         """(B, T) -> (B, T + max_new_tokens)."""
-        logits = self.prefill(input_ids, chunk)
-        out = [input_ids.to(self.device)]
-        for _ in range(max_new_tokens):
-            tok = logits.argmax(-1)
-            out.append(tok[:, None].clone())
-            logits = self.step(tok)
-        return torch.cat(out, 1)
+        return greedy_tokens(self, input_ids, max_new_tokens, chunk=chunk)
 
 
 def _timed(dec, batch, context, steps, warmup, device, chunk) -> float:

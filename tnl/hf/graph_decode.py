@@ -97,13 +97,19 @@ class GraphDecoder:
         self.seen += 1
         return self.logits
 
-    @torch.no_grad()
     def greedy(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Greedy generation: (B, T) -> (B, T + max_new_tokens)."""
-        logits = self.prefill(input_ids)
-        out = [input_ids.to(self.device)]
-        for _ in range(max_new_tokens):
-            tok = logits.argmax(-1)
-            out.append(tok[:, None].clone())
-            logits = self.step(tok)
-        return torch.cat(out, 1)
+        return greedy_tokens(self, input_ids, max_new_tokens)
+
+
+@torch.no_grad()
+def greedy_tokens(decoder, input_ids: torch.Tensor, max_new_tokens: int, **prefill_kwargs) -> torch.Tensor:
+    """Greedy generation through any decoder with `prefill(input_ids, **prefill_kwargs)` and `step(tokens)`, both
+    returning next-token logits (B, V), and a `device`: (B, T) -> (B, T + max_new_tokens)."""
+    logits = decoder.prefill(input_ids, **prefill_kwargs)
+    out = [input_ids.to(decoder.device)]
+    for _ in range(max_new_tokens):
+        tok = logits.argmax(-1)
+        out.append(tok[:, None].clone())
+        logits = decoder.step(tok)
+    return torch.cat(out, 1)
