@@ -70,13 +70,11 @@ def profile_steps(model, opt, vocab: int, B: int, T: int, device, dtype, steps: 
     """The `top` GPU kernels by total time over `steps` training steps (torch.profiler): where a step's time goes."""
     from torch.profiler import ProfilerActivity, profile
 
+    from tnl.train.profile import top_kernels
+
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         measure(model, opt, vocab, B, T, device, dtype, 0, steps)
-    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0)]
-    total = sum(e.self_device_time_total for e in events) or 1.0
-    rows = sorted(({"kernel": e.key[:90], "calls": e.count, "ms_per_step": e.self_device_time_total / 1000 / steps,
-                    "share": e.self_device_time_total / total} for e in events), key=lambda r: -r["ms_per_step"])
-    return rows[:top]
+    return top_kernels(prof, steps, top)
 
 
 SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
@@ -197,12 +195,12 @@ def markdown(rows: list[dict], models: list[str], seq_lens: list[int], meta: dic
         tps = [r["tokens_per_s"] for r in rows if r["model"] == m and r["status"] == "ok"]
         if tps:
             lines.append(f"- {m}: min {min(tps):,.0f}, max {max(tps):,.0f} tokens/s, max/min {max(tps) / min(tps):.3f}")
+    from tnl.train.profile import kernel_table
+
     for r in rows:
         if r.get("profile"):
-            lines += ["", f"Top GPU kernels, {r['model']} T={r['seq_len']} B={r['micro_batch']} "
-                      f"(step {r['step_ms']:.1f} ms):", "", "| kernel | calls | ms/step | share |", "|---|---|---|---|"]
-            lines += [f"| `{k['kernel']}` | {k['calls']} | {k['ms_per_step']:.2f} | {100 * k['share']:.1f}% |"
-                      for k in r["profile"]]
+            title = f"Top GPU kernels, {r['model']} T={r['seq_len']} B={r['micro_batch']} (step {r['step_ms']:.1f} ms)"
+            lines += [""] + kernel_table(r["profile"], title)
     return "\n".join(lines) + "\n"
 
 

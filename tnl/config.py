@@ -57,7 +57,10 @@ class TrainerConfig:
     progress: str = "auto"  # auto | bar | log
     deterministic: bool = False  # torch deterministic algorithms on CUDA too (slower); always on on CPU
     compile: Optional[str] = None  # torch.compile backend for each block ("inductor" fuses the elementwise ops
-    # around the matmuls; the LA2 and loss kernels stay outside the graphs); null: eager. Not with ZeRO-3.
+    # around the matmuls; LA2 and the fused loss are custom ops inside the graphs); null: eager. Not with ZeRO-3.
+    profile_steps: int = 0  # > 0: profile this many steps (torch.profiler) and write run_dir/profile.md, the top
+    # GPU kernels per step; measures only, the steps train as usual
+    profile_after: int = 10  # ... starting after this many steps of the invocation (compilation, autotuning)
     fused_loss: str = "auto"  # the fused LM-head linear + cross-entropy kernel: auto (where the Triton backend runs
     # the step; off under ZeRO-3) | on | off (the chunked torch loss)
 
@@ -203,7 +206,7 @@ def check(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
-    for key in ("save_every", "eval_every", "eval_batches"):
+    for key in ("save_every", "eval_every", "eval_batches", "profile_steps", "profile_after"):
         if t[key] < 0:
             raise ConfigError(f"trainer.{key} must be >= 0, got {t[key]}")
     if d.stage not in (0, 1, 2, 3):

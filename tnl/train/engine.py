@@ -22,6 +22,7 @@ from tnl.ops import new_sequence_parallel
 from tnl.train import checkpoint, dist
 from tnl.train.metrics import build_sinks, peak_flops
 from tnl.train.optim import WarmupCosine, build_optimizer, deepspeed_config, resolve_precision
+from tnl.train.profile import StepProfiler
 from tnl.train.seeding import seed_everything
 from tnl.train.trainer import StepGate, Trainer, TrainState
 
@@ -117,6 +118,9 @@ class TrainingRun:
         if env.is_main:
             self.trainer.callbacks = build_sinks(run_dir, cfg, self.trainer.state.step,
                                                  OmegaConf.to_container(cfg, resolve=True))
+            if t.profile_steps:  # after profile_after steps of this invocation (compilation, autotuning)
+                self.trainer.profiler = StepProfiler(run_dir / "profile.md",
+                                                     self.trainer.state.step + t.profile_after, t.profile_steps)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def meta(self, state: TrainState) -> dict[str, Any]:

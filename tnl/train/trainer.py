@@ -106,6 +106,7 @@ class Trainer:
     callbacks: list = field(default_factory=list)  # objects with on_log(step, record) / close()
     on_save: Any = None  # (trainer) -> None, called every save_every steps and at the end
     sequence_parallel: Any = None  # tnl.ops.SequenceParallel when parallel.sequence > 1
+    profiler: Any = None  # tnl.train.profile.StepProfiler (trainer.profile_steps), on rank 0
     state: TrainState = field(default_factory=TrainState)
 
     def __post_init__(self):
@@ -203,8 +204,12 @@ class Trainer:
         self.throughput.reset(self.state.tokens)
         start = time.perf_counter()
         while self.state.step < stop:
+            if self.profiler is not None:
+                self.profiler.before_step(self.state.step)
             record = self.train_step()
             step = record["step"]
+            if self.profiler is not None:
+                self.profiler.after_step(step)
             evaluated = t.eval_every and (step % t.eval_every == 0 or step == t.max_steps)
             if evaluated or step % t.log_every == 0 or step == stop:
                 tps = self.throughput.rate(self.state.tokens)
