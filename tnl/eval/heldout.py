@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from tnl.eval.lm import EvalError, EvalLM
+from tnl.ops import IGNORE_INDEX
 
 
 def val_batches(data_dir: str | Path, seq_len: int, batch_size: int) -> tuple[Iterable[dict], int]:
@@ -76,7 +77,7 @@ def text_batches(paths: Sequence[str | Path], tokenizer, eos_id: int | None, seq
         group = windows[lo:lo + batch_size]
         width = max(len(w) for w in group) - 1
         ids = torch.zeros(len(group), width, dtype=torch.int64)
-        targets = torch.full((len(group), width), -100, dtype=torch.int64)
+        targets = torch.full((len(group), width), IGNORE_INDEX, dtype=torch.int64)
         for r, w in enumerate(group):
             ids[r, :len(w) - 1] = torch.tensor(w[:-1])
             targets[r, :len(w) - 1] = torch.tensor(w[1:])

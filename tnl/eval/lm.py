@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from tnl.checkpoint_format import CheckpointError, load_model
+from tnl.ops import IGNORE_INDEX
 
 log = logging.getLogger("tnl.eval")
 
@@ -75,12 +76,12 @@ class EvalLM:
 
     @torch.no_grad()
     def loss_sum(self, input_ids: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
-        """Summed next-token NLL (nats) and the number of scored targets (-100 = ignored); float64 accumulation.
+        """Summed next-token NLL (nats) and the number of scored targets (IGNORE_INDEX = ignored); float64 accumulation.
 
         The checkpoint path asks the training model for its own (chunked) mean loss; the HF path computes the
         cross-entropy from full logits one row at a time: two independent computations of the same number."""
         targets = targets.to(self.device)
-        count = int((targets != -100).sum())
+        count = int((targets != IGNORE_INDEX).sum())
         if count == 0:
             return 0.0, 0
         if self.kind == "checkpoint":
@@ -90,7 +91,7 @@ class EvalLM:
         logits = self.logits(input_ids)
         total = 0.0
         for row in range(logits.shape[0]):  # one row at a time bounds the fp32 log-softmax memory
-            total += float(torch.nn.functional.cross_entropy(logits[row], targets[row], ignore_index=-100,
+            total += float(torch.nn.functional.cross_entropy(logits[row], targets[row], ignore_index=IGNORE_INDEX,
                                                              reduction="sum").double())
         return total, count
 

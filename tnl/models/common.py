@@ -8,6 +8,7 @@ import functools
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from tnl.ops import custom_ops
 
@@ -78,8 +79,6 @@ def _saved_ops() -> frozenset:
 
 
 def _save_matmuls(ctx, op, *args, **kwargs):
-    from torch.utils.checkpoint import CheckpointPolicy
-
     return CheckpointPolicy.MUST_SAVE if op in _saved_ops() else CheckpointPolicy.PREFER_RECOMPUTE
 
 
@@ -88,7 +87,5 @@ def recompute_elementwise(fn, *args, **kwargs):
     kept for backward, everything else (norms, activations, gates, products, casts) is recomputed there. Meant for
     torch.compile'd blocks, where inductor fuses the recomputation into the backward's kernels; eager it would only
     add launches. The inputs of fn are kept as checkpoint inputs."""
-    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
-
     return checkpoint(fn, *args, use_reentrant=False,
                       context_fn=functools.partial(create_selective_checkpoint_contexts, _save_matmuls), **kwargs)

@@ -32,7 +32,14 @@ from tnl.models.common import (
     recompute_elementwise,
 )
 from tnl.models.config import ModelArgs
-from tnl.ops import lightning_attn, lm_head_loss, srms_norm
+from tnl.ops import (
+    lightning_attn,
+    lightning_attn_sp,
+    lightning_attn_step,
+    lm_head_loss,
+    sequence_parallel_loss,
+    srms_norm,
+)
 
 # Block size assumed when counting LA2's intra-block FLOPs for MFU (the chunked kernels' order of magnitude).
 LA2_FLOPS_BLOCK = 64
@@ -128,12 +135,8 @@ class NormLinearAttention(nn.Module):
         if padding_mask is not None:  # padded tokens write nothing into the state (k^T 0 = 0)
             v = v * padding_mask[:, :, None, None].to(v.dtype)
         if sp is not None:
-            from tnl.ops import lightning_attn_sp
-
             o = lightning_attn_sp(q, k, v, slope, group=sp.group, cu_seqlens=cu_seqlens, carry_in=sp.shard.carry_in)
         elif T == 1 and state is not None:
-            from tnl.ops import lightning_attn_step  # O(1) decode step
-
             o, state = lightning_attn_step(q[:, 0], k[:, 0], v[:, 0], slope, state)
             o = o[:, None]
         else:  # under torch.compile: one custom op of the graph (tnl.ops.custom_ops)
@@ -273,8 +276,6 @@ class TnlLM(TnlModules, nn.Module):
             return LMOutput(loss=None, logits=F.linear(h, self.output_weight))
         loss = lm_head_loss(h, self.output_weight, targets, self.args.loss_chunk_size)
         if sp is not None:
-            from tnl.ops import sequence_parallel_loss
-
             loss = sequence_parallel_loss(loss, targets, sp.group)
         return LMOutput(loss=loss, logits=None)
 

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
 from tnl.ops.attention import lightning_attn
+from tnl.ops.linear_ce import IGNORE_INDEX
 
 __all__ = ["SequenceContext", "SequenceParallel", "SequenceShard", "lightning_attn_sp", "new_sequence_parallel",
            "sequence_parallel_loss", "shard_range", "shard_sequence"]
@@ -219,7 +220,7 @@ def sequence_parallel_loss(local_mean: torch.Tensor, targets: torch.Tensor, grou
     non-ignored targets (identical on every rank), the GRADIENT is this rank's token-loss sum / that global count, so
     the group's gradients sum to the one-rank gradient. (A data-parallel average over all P x DP ranks therefore
     needs the loss scaled by P before backward; the trainer does that.)"""
-    count = (targets != -100).sum().to(local_mean.dtype)
+    count = (targets != IGNORE_INDEX).sum().to(local_mean.dtype)
     local_sum = local_mean * count.clamp(min=1)
     both = torch.stack([local_sum.detach(), count])
     dist.all_reduce(both, group=group)

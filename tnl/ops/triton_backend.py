@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 
+import torch
+
 from tnl.ops import settings
 
 log = logging.getLogger("tnl.ops")
@@ -92,6 +94,4 @@ def triton_fn(name: str, device):
 
 def la2_table_note(gpu: str) -> str:
     """One line for run logs: which tuned LA2 block table GPU model `gpu` runs with."""
-    import torch
-
     return kernels_module(torch.device("cuda")).la2_config.table_note(gpu)
