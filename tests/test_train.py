@@ -64,6 +64,12 @@ def test_experiments_compose(name):
     ("deepspeed.precision=fp8", "deepspeed.precision"),
     ("logger.name=mlflow", "logger.name"),
     ("trainer.compile=tensorrt", "trainer.compile"),
+    ("trainer.fused_loss=yes", "trainer.fused_loss must be auto, on or off"),
+    ("kernels.backend=cuda", "kernels.backend must be auto, triton or torch"),
+    ("kernels.la2_algo=fast", "kernels.la2_algo must be auto, chunk or fused"),
+    ("model.hidden_sise=32", "model.hidden_sise"),
+    ("+model.hidden_sise=32", "'hidden_sise' not in 'ModelConfig'"),
+    ("model.num_hidden_layers=two", "model.num_hidden_layers"),
 ])
 def test_bad_override_is_one_clear_line(override, needle):
     with pytest.raises(ConfigError) as err:
