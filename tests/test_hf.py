@@ -60,8 +60,10 @@ def test_hf_model_has_core_names_and_equal_logits(kw):
 def test_prefill_plus_recurrent_steps_equal_full_sequence(kw, monkeypatch):
     _, hf = pair(seed=1, **kw)
     steps = []
-    real_step = tnl.ops.lightning_attn_step
-    monkeypatch.setattr(tnl.ops, "lightning_attn_step", lambda *a: steps.append(a[0].shape) or real_step(*a))
+    import tnl.models.tnl as tnl_model  # the module that calls the step
+
+    real_step = tnl_model.lightning_attn_step
+    monkeypatch.setattr(tnl_model, "lightning_attn_step", lambda *a: steps.append(a[0].shape) or real_step(*a))
     ids = torch.randint(1, V, (2, 14))
     with torch.no_grad():
         full = hf(ids, use_cache=False).logits
